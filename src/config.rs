@@ -1,0 +1,574 @@
+//! Every configuration option, declared once: name, default, type, doc and parser.
+//!
+//! The Valkey glue registers these, the README's option table is generated from them, and a
+//! change rebuilds one immutable [`Settings`] snapshot that the auth path reads.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crate::ldap::{Scope, Timeouts};
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Bind,
+    SearchBind,
+}
+
+/// What happens when the directory does not admit a user the module handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalFallback {
+    /// The directory is authoritative: a failed check is a deny.
+    Never,
+    /// Valkey's own password is tried only when no directory server can be reached.
+    Unavailable,
+    /// Valkey's own password is tried after any failed directory check.
+    Always,
+}
+
+/// An immutable snapshot of the configuration, rebuilt on every change.
+#[derive(Debug)]
+pub struct Settings {
+    pub servers: Vec<String>,
+    pub mode: AuthMode,
+    pub bind_dn_prefix: String,
+    pub bind_dn_suffix: String,
+    pub search_base: String,
+    pub search_scope: Scope,
+    /// Without outer parentheses.
+    pub search_filter: String,
+    pub search_attribute: String,
+    pub search_bind_dn: String,
+    pub search_bind_password: Option<Secret>,
+    pub workers: usize,
+    pub max_pending: usize,
+    pub timeouts: Timeouts,
+    pub exempt_users: Vec<String>,
+    pub local_fallback: LocalFallback,
+}
+
+impl Settings {
+    /// No servers configured: every AUTH goes to Valkey as if the module were absent.
+    pub fn is_active(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
+    pub fn is_exempt(&self, username: &[u8]) -> bool {
+        self.exempt_users.iter().any(|u| u.as_bytes() == username)
+    }
+
+    /// Builds a snapshot from one value per entry of [`OPTIONS`], in order.
+    pub fn from_values<S: AsRef<str>>(values: &[S]) -> Result<Settings, String> {
+        let mut settings = Settings::blank();
+        for (spec, value) in OPTIONS.iter().zip(values) {
+            spec.apply(&mut settings, value.as_ref())
+                .map_err(|e| format!("{}: {e}", spec.name))?;
+        }
+        Ok(settings)
+    }
+
+    /// The snapshot with every option at its default.
+    pub fn defaults() -> Settings {
+        let values: Vec<&str> = OPTIONS.iter().map(|o| o.default).collect();
+        Settings::from_values(&values).expect("defaults are valid")
+    }
+
+    fn blank() -> Settings {
+        Settings {
+            servers: Vec::new(),
+            mode: AuthMode::Bind,
+            bind_dn_prefix: String::new(),
+            bind_dn_suffix: String::new(),
+            search_base: String::new(),
+            search_scope: Scope::Subtree,
+            search_filter: String::new(),
+            search_attribute: String::new(),
+            search_bind_dn: String::new(),
+            search_bind_password: None,
+            workers: 1,
+            max_pending: 1,
+            timeouts: Timeouts {
+                connect: Duration::ZERO,
+                operation: Duration::ZERO,
+            },
+            exempt_users: Vec::new(),
+            local_fallback: LocalFallback::Never,
+        }
+    }
+}
+
+/// How a value is checked before its setter sees it.
+pub enum Parser {
+    Text(fn(&mut Settings, &str) -> Result<(), String>),
+    Number {
+        min: u64,
+        max: u64,
+        set: fn(&mut Settings, u64),
+    },
+    /// The setter receives the index of the matched choice.
+    Choice {
+        choices: &'static [&'static str],
+        set: fn(&mut Settings, usize),
+    },
+}
+
+pub struct OptionSpec {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub parser: Parser,
+    pub doc: &'static str,
+}
+
+impl OptionSpec {
+    /// Checks `value` and stores it into `settings`; the error is a sentence for the operator.
+    pub fn apply(&self, settings: &mut Settings, value: &str) -> Result<(), String> {
+        match &self.parser {
+            Parser::Text(set) => set(settings, value),
+            Parser::Number { min, max, set } => {
+                let n = value
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (*min..=*max).contains(n))
+                    .ok_or_else(|| format!("must be a whole number from {min} to {max}"))?;
+                set(settings, n);
+                Ok(())
+            }
+            Parser::Choice { choices, set } => {
+                let index = choices
+                    .iter()
+                    .position(|c| c.eq_ignore_ascii_case(value.trim()))
+                    .ok_or_else(|| format!("must be one of: {}", choices.join(", ")))?;
+                set(settings, index);
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks a value without keeping it.
+    pub fn validate(&self, value: &str) -> Result<(), String> {
+        self.apply(&mut Settings::blank(), value)
+    }
+
+    /// The type column of the documentation table.
+    pub fn type_doc(&self) -> String {
+        match &self.parser {
+            Parser::Text(_) => "string".to_owned(),
+            Parser::Number { min, max, .. } => format!("number {min}–{max}"),
+            Parser::Choice { choices, .. } => format!("`{}`", choices.join("` \\| `")),
+        }
+    }
+
+    pub fn index_of(name: &str) -> Option<usize> {
+        OPTIONS
+            .iter()
+            .position(|o| o.name.eq_ignore_ascii_case(name))
+    }
+}
+
+pub static OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        name: "servers",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.servers = parse_servers(v)?;
+            Ok(())
+        }),
+        doc:
+            "LDAP URLs (`ldap://`, `ldaps://`, `ldapi://`), space- or comma-separated, in priority \
+              order. Empty: the module is inactive and Valkey authenticates as if it were absent.",
+    },
+    OptionSpec {
+        name: "auth_mode",
+        default: "bind",
+        parser: Parser::Choice {
+            choices: &["bind", "search+bind"],
+            set: |s, i| s.mode = [AuthMode::Bind, AuthMode::SearchBind][i],
+        },
+        doc: "`bind`: bind as `bind_dn_prefix` + escaped username + `bind_dn_suffix`. \
+              `search+bind`: find the user's DN with a search, then bind as it.",
+    },
+    OptionSpec {
+        name: "bind_dn_prefix",
+        default: "cn=",
+        parser: Parser::Text(|s, v| {
+            s.bind_dn_prefix = plain_text(v)?;
+            Ok(())
+        }),
+        doc:
+            "Bind mode: text before the username. Used literally (not escaped), so `CORP\\` works.",
+    },
+    OptionSpec {
+        name: "bind_dn_suffix",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.bind_dn_suffix = plain_text(v)?;
+            Ok(())
+        }),
+        doc: "Bind mode: text after the username, e.g. `,ou=people,dc=example,dc=com` or \
+              `@corp.example.com`. Used literally.",
+    },
+    OptionSpec {
+        name: "search_base",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.search_base = plain_text(v)?;
+            Ok(())
+        }),
+        doc: "Search+bind: the DN to search under.",
+    },
+    OptionSpec {
+        name: "search_scope",
+        default: "sub",
+        parser: Parser::Choice {
+            choices: &["base", "one", "sub"],
+            set: |s, i| s.search_scope = [Scope::Base, Scope::OneLevel, Scope::Subtree][i],
+        },
+        doc: "Search+bind: search scope.",
+    },
+    OptionSpec {
+        name: "search_filter",
+        default: "objectClass=*",
+        parser: Parser::Text(|s, v| {
+            s.search_filter = parse_filter(v)?;
+            Ok(())
+        }),
+        doc: "Search+bind: filter ANDed with `(<search_attribute>=<username>)`. Outer parentheses \
+              optional.",
+    },
+    OptionSpec {
+        name: "search_attribute",
+        default: "uid",
+        parser: Parser::Text(|s, v| {
+            s.search_attribute = parse_attribute(v)?;
+            Ok(())
+        }),
+        doc: "Search+bind: the attribute that holds the username, e.g. `uid` or `sAMAccountName`.",
+    },
+    OptionSpec {
+        name: "search_bind_dn",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.search_bind_dn = plain_text(v)?;
+            Ok(())
+        }),
+        doc: "Search+bind: the service account that searches. Empty: search anonymously.",
+    },
+    OptionSpec {
+        name: "search_bind_passwd_file",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.search_bind_password = read_password_file(v)?;
+            Ok(())
+        }),
+        doc: "Search+bind: a file holding the service account's password (one trailing newline \
+              ignored; must not be world-readable). There is deliberately no password option: \
+              Valkey shows module configs in CONFIG GET, SLOWLOG and rewritten config files.",
+    },
+    OptionSpec {
+        name: "workers",
+        default: "8",
+        parser: Parser::Number {
+            min: 1,
+            max: 256,
+            set: |s, n| s.workers = n as usize,
+        },
+        doc: "Threads in the pool; each holds its own directory connections.",
+    },
+    OptionSpec {
+        name: "max_pending",
+        default: "1024",
+        parser: Parser::Number {
+            min: 1,
+            max: 1_000_000,
+            set: |s, n| s.max_pending = n as usize,
+        },
+        doc: "AUTHs queued for the workers before new ones are refused at once as busy.",
+    },
+    OptionSpec {
+        name: "connect_timeout_ms",
+        default: "3000",
+        parser: Parser::Number {
+            min: 1,
+            max: 600_000,
+            set: |s, n| s.timeouts.connect = Duration::from_millis(n),
+        },
+        doc: "Limit for opening a connection to a directory server (TCP and TLS).",
+    },
+    OptionSpec {
+        name: "operation_timeout_ms",
+        default: "5000",
+        parser: Parser::Number {
+            min: 1,
+            max: 600_000,
+            set: |s, n| s.timeouts.operation = Duration::from_millis(n),
+        },
+        doc: "Limit for one bind or search.",
+    },
+    OptionSpec {
+        name: "exempt_users",
+        default: "default",
+        parser: Parser::Text(|s, v| {
+            s.exempt_users = v.split_whitespace().map(str::to_owned).collect();
+            Ok(())
+        }),
+        doc: "Space-separated Valkey users the module never handles; they log in with their \
+              Valkey passwords.",
+    },
+    OptionSpec {
+        name: "local_fallback",
+        default: "never",
+        parser: Parser::Choice {
+            choices: &["never", "unavailable", "always"],
+            set: |s, i| {
+                s.local_fallback = [
+                    LocalFallback::Never,
+                    LocalFallback::Unavailable,
+                    LocalFallback::Always,
+                ][i]
+            },
+        },
+        doc: "When Valkey's own password check is tried for a user the module handles: `never` \
+              (the directory decides), `unavailable` (only when no directory server can be \
+              reached), `always` (after any failed directory check).",
+    },
+];
+
+/// The Markdown table of every option, as the README shows it.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| name | type | default | meaning |\n|---|---|---|---|\n");
+    for o in OPTIONS {
+        let default = if o.default.is_empty() {
+            "\"\"".to_owned()
+        } else {
+            format!("`{}`", o.default)
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            o.name,
+            o.type_doc(),
+            default,
+            o.doc
+        ));
+    }
+    out
+}
+
+/// Refuses control characters: every text option ends up in a C string or a log line.
+fn plain_text(v: &str) -> Result<String, String> {
+    if v.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
+    }
+    Ok(v.to_owned())
+}
+
+fn parse_servers(v: &str) -> Result<Vec<String>, String> {
+    let v = plain_text(v)?;
+    v.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            let lower = url.to_ascii_lowercase();
+            let rest = ["ldap://", "ldaps://", "ldapi://"]
+                .iter()
+                .find_map(|scheme| lower.strip_prefix(scheme))
+                .ok_or_else(|| {
+                    format!("'{url}' is not an LDAP URL (ldap://, ldaps:// or ldapi://)")
+                })?;
+            if rest.trim_end_matches('/').contains('/') {
+                return Err(format!(
+                    "'{url}' must name only a server, not a DN or options"
+                ));
+            }
+            Ok(url.to_owned())
+        })
+        .collect()
+}
+
+fn parse_filter(v: &str) -> Result<String, String> {
+    let v = plain_text(v.trim())?;
+    let inner = match v.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+        Some(inner) if balanced(inner) => inner,
+        _ => &v,
+    };
+    if inner.is_empty() || !balanced(inner) {
+        return Err("must be a non-empty LDAP filter with balanced parentheses".to_owned());
+    }
+    Ok(inner.to_owned())
+}
+
+/// True when no prefix closes more parentheses than it opened and the counts match.
+/// An escaped parenthesis in a filter value is written `\28`/`\29`, so it never appears raw.
+fn balanced(s: &str) -> bool {
+    let mut depth = 0i32;
+    for c in s.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    depth == 0
+}
+
+fn parse_attribute(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    let valid = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | ';' | '.'));
+    if !valid {
+        return Err("must be an attribute name such as uid or sAMAccountName".to_owned());
+    }
+    Ok(v.to_owned())
+}
+
+fn read_password_file(path: &str) -> Result<Option<Secret>, String> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let meta = fs::metadata(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(format!("'{path}' is readable by every user; chmod 600 it"));
+    }
+    let mut bytes = fs::read(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    let secret = Secret::new(&bytes);
+    bytes.fill(0);
+    if secret.is_empty() {
+        // An empty password turns the service bind into an unauthenticated bind.
+        return Err(format!("'{path}' holds an empty password"));
+    }
+    Ok(Some(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, value: &str) -> Result<Settings, String> {
+        let mut s = Settings::defaults();
+        OPTIONS[OptionSpec::index_of(name).unwrap()].apply(&mut s, value)?;
+        Ok(s)
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let s = Settings::defaults();
+        assert!(!s.is_active());
+        assert_eq!(s.mode, AuthMode::Bind);
+        assert_eq!(s.bind_dn_prefix, "cn=");
+        assert_eq!(s.search_filter, "objectClass=*");
+        assert_eq!(s.search_attribute, "uid");
+        assert_eq!(s.workers, 8);
+        assert_eq!(s.max_pending, 1024);
+        assert_eq!(s.timeouts.connect, Duration::from_millis(3000));
+        assert_eq!(s.timeouts.operation, Duration::from_millis(5000));
+        assert!(s.is_exempt(b"default"));
+        assert_eq!(s.local_fallback, LocalFallback::Never);
+    }
+
+    #[test]
+    fn servers_split_on_spaces_and_commas() {
+        let s = set("servers", "ldap://a:389, ldaps://b  ldapi://%2Frun%2Fslapd").unwrap();
+        assert_eq!(
+            s.servers,
+            ["ldap://a:389", "ldaps://b", "ldapi://%2Frun%2Fslapd"]
+        );
+        assert!(set("servers", "http://a").is_err());
+        assert!(set("servers", "ldap://a/dc=x").is_err());
+        assert!(set("servers", "ldap://a\n").is_err());
+        assert!(set("servers", "").unwrap().servers.is_empty());
+    }
+
+    #[test]
+    fn numbers_are_bounded() {
+        assert_eq!(set("workers", "256").unwrap().workers, 256);
+        for bad in ["0", "257", "-1", "x", "", "1.5"] {
+            assert!(set("workers", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn choices_ignore_case() {
+        assert_eq!(
+            set("auth_mode", "Search+Bind").unwrap().mode,
+            AuthMode::SearchBind
+        );
+        assert!(set("auth_mode", "search").is_err());
+        assert!(set("local_fallback", "sometimes").is_err());
+        assert_eq!(
+            set("search_scope", "one").unwrap().search_scope,
+            Scope::OneLevel
+        );
+    }
+
+    #[test]
+    fn filters_lose_outer_parentheses() {
+        assert_eq!(
+            set("search_filter", "(objectClass=person)")
+                .unwrap()
+                .search_filter,
+            "objectClass=person"
+        );
+        assert_eq!(
+            set("search_filter", "(&(a=b)(c=d))").unwrap().search_filter,
+            "&(a=b)(c=d)"
+        );
+        assert_eq!(
+            set("search_filter", "(a=b)(c=d)").unwrap().search_filter,
+            "(a=b)(c=d)"
+        );
+        for bad in ["", "()", "(a=b", "a=b)", ")("] {
+            assert!(set("search_filter", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attributes_are_names() {
+        assert!(set("search_attribute", "sAMAccountName").is_ok());
+        assert!(set("search_attribute", "uid)(x=y").is_err());
+    }
+
+    #[test]
+    fn password_file_rules() {
+        let dir = std::env::temp_dir().join(format!("valkeyauth-cfg-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        fs::write(&file, "s3cret\r\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        let path = file.to_str().unwrap();
+        let s = set("search_bind_passwd_file", path).unwrap();
+        assert_eq!(s.search_bind_password.unwrap().expose(), b"s3cret");
+
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(set("search_bind_passwd_file", path)
+            .unwrap_err()
+            .contains("chmod 600"));
+
+        fs::write(&file, "\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(set("search_bind_passwd_file", path)
+            .unwrap_err()
+            .contains("empty"));
+        assert!(set("search_bind_passwd_file", "/nonexistent/pw").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn readme_table_is_generated_from_the_declarations() {
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(&markdown_table()),
+            "README option table is stale; paste this:\n{}",
+            markdown_table()
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! `INFO valkeyauth`: outcome counters, queue depth and pool size.
+
+use valkey_module::{InfoContext, ValkeyResult};
+
+use crate::runtime::RUNTIME;
+use crate::stats::STATS;
+
+pub fn section(ctx: &InfoContext, for_crash_report: bool) -> ValkeyResult<()> {
+    let mut section = ctx.builder().add_section("");
+    for (name, value) in STATS.fields() {
+        section = section.field(name, value)?;
+    }
+    // A crash report may run while the lock is held; it then shows no pool fields.
+    let runtime = if for_crash_report {
+        RUNTIME.try_lock()
+    } else {
+        Some(RUNTIME.lock())
+    };
+    if let Some(Some(runtime)) = runtime.as_deref() {
+        section = section
+            .field("active", u64::from(runtime.settings.is_active()))?
+            .field("servers", runtime.settings.servers.len() as u64)?
+            .field("workers", runtime.pool.threads() as u64)?
+            .field("queue_depth", runtime.pool.queued() as u64)?
+            .field("max_pending", runtime.pool.capacity() as u64)?;
+    }
+    section.build_section()?.build_info()?;
+    Ok(())
+}

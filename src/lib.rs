@@ -1,0 +1,79 @@
+//! ValkeyAUTH: a Valkey module that checks `AUTH` and `HELLO ... AUTH` against LDAP and
+//! Active Directory.
+//!
+//! The auth callback queues each check for a fixed pool of worker threads ([`pool`]), each with
+//! its own directory connections ([`engine`]) through our own libldap layer ([`ldap`],
+//! [`openldap_sys`]). Options are declared once in [`config`].
+
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod escape;
+pub mod info;
+pub mod ldap;
+pub mod openldap_sys;
+pub mod pool;
+pub mod runtime;
+pub mod secret;
+pub mod stats;
+pub mod valkey_config;
+pub mod valkey_log;
+
+use auth::on_auth;
+use valkey_module::{valkey_module, Context, InfoContext, Status, ValkeyResult, ValkeyString};
+
+/// Refuses to load where there is no module authentication API (Redis 7.0 and older): there the
+/// module could not see a single AUTH.
+fn preload(_ctx: &Context, _args: &[ValkeyString]) -> Status {
+    valkey_log::install();
+    if !auth::server_has_auth_api() {
+        log::error!(
+            "valkeyauth: this server has no module authentication API (Valkey 7.2 or later is needed); not loading"
+        );
+        return Status::Err;
+    }
+    Status::Ok
+}
+
+fn init(ctx: &Context, args: &[ValkeyString]) -> Status {
+    // libldap's global state is set up here, on the main thread, before any worker exists.
+    ldap::init_global();
+    stats::STATS.reset();
+    let started = valkey_config::load(ctx, args)
+        .and_then(|settings| runtime::start(settings).map_err(|e| format!("cannot start workers: {e}")));
+    match started {
+        Ok(()) => Status::Ok,
+        Err(e) => {
+            log::error!("valkeyauth: not loading: {e}");
+            Status::Err
+        }
+    }
+}
+
+/// MODULE UNLOAD: closes the queue and joins every worker before the library can be unmapped.
+fn deinit(_ctx: &Context) -> Status {
+    runtime::stop();
+    valkey_config::clear();
+    Status::Ok
+}
+
+/// `INFO valkeyauth`
+fn info(ctx: &InfoContext, for_crash_report: bool) {
+    if let Err(e) = info::section(ctx, for_crash_report) {
+        log::warn!("valkeyauth: INFO section failed: {e}");
+    }
+}
+
+valkey_module! {
+    name: "valkeyauth",
+    version: 1,
+    allocator: (std::alloc::System, std::alloc::System),
+    data_types: [],
+    preload: preload,
+    init: init,
+    deinit: deinit,
+    info: info,
+    // AUTH <user> <password> and HELLO <ver> AUTH <user> <password>
+    auth: [on_auth],
+    commands: [],
+}
