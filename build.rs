@@ -177,8 +177,8 @@ fn check_version(version: &str, source: &str) -> Result<(), String> {
         panic!(
             "valkeyauth needs OpenLDAP >= {MIN_MAJOR}.{MIN_MINOR}, but {source} is {version}: \
              before 2.5 plain libldap is not thread-safe (that was libldap_r) and lacks \
-             options every connection sets. {INSTALL_HINT} from a newer release \
-             (Debian 12+, Ubuntu 22.04+, RHEL/Fedora with OpenLDAP 2.6)."
+             options every connection sets. Build on a release that ships 2.5 or 2.6 \
+             (Debian 12+, Ubuntu 22.04+, RHEL 9+, Fedora), then {INSTALL_HINT}."
         );
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{AuthMode, Settings};
 use crate::escape;
-use crate::ldap::{Connection, LdapError};
+use crate::ldap::{Connection, LdapError, ResultCode};
 use crate::secret::Secret;
 
 /// Longest username accepted, in bytes.
@@ -290,12 +290,15 @@ fn bind_failure(url: &str, e: &LdapError) -> Attempt {
     if e.is_transport() {
         return next_server(url, e);
     }
-    match e.code.0 {
-        // invalidCredentials, inappropriateAuthentication, insufficientAccessRights,
-        // unwillingToPerform: the server refuses this account with this password.
-        49 | 48 | 50 | 53 => Attempt::Final(Outcome::BadCredentials),
-        // noSuchObject, invalidDNSyntax: no such account.
-        32 | 34 => Attempt::Final(Outcome::UnknownUser),
+    match e.code {
+        // The server refuses this account with this password.
+        ResultCode::INVALID_CREDENTIALS
+        | ResultCode::INAPPROPRIATE_AUTH
+        | ResultCode::INSUFFICIENT_ACCESS
+        | ResultCode::UNWILLING_TO_PERFORM => Attempt::Final(Outcome::BadCredentials),
+        ResultCode::NO_SUCH_OBJECT | ResultCode::INVALID_DN_SYNTAX => {
+            Attempt::Final(Outcome::UnknownUser)
+        }
         _ => {
             log::warn!("valkeyauth: user bind on {url} failed: {e}");
             Attempt::Final(Outcome::DirectoryError)

@@ -3,8 +3,8 @@
 //!
 //! Nothing here knows about Valkey, so it can be tested against a plain slapd.
 //! The C declarations live in `openldap_sys`; every libldap return code becomes
-//! a `Result` in [`check`]; every C allocation has one owner that frees it in
-//! `Drop` ([`Connection`], [`Message`], [`LdapMem`]).
+//! a `Result` in `check`; every C allocation has one owner that frees it in
+//! `Drop` ([`Connection`], `Message`, `LdapMem`).
 //!
 //! Threading: call [`init_global`] once on the main thread before any worker
 //! touches libldap. After that each worker owns its own `Connection`s; a handle

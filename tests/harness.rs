@@ -12,7 +12,11 @@ fn ldapwhoami(url: &str, dn: &str, pw: &str) -> (bool, String) {
         .args(["-x", "-H", url, "-D", dn, "-w", pw])
         .output()
         .expect("run ldapwhoami");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -26,7 +30,11 @@ fn free_ports_are_never_handed_out_twice() {
 #[test]
 fn base64_round_trips() {
     for s in ["", "a", "ab", "abc", "abcd", " spaceuser ", "pässwörd-ü"] {
-        assert_eq!(base64_decode(&base64_encode(s.as_bytes())), s.as_bytes(), "{s:?}");
+        assert_eq!(
+            base64_decode(&base64_encode(s.as_bytes())),
+            s.as_bytes(),
+            "{s:?}"
+        );
     }
     assert_eq!(base64_encode(b" spaceuser "), "IHNwYWNldXNlciA=");
     assert_eq!(filter_escape(b"a*(b)\\"), "a\\2a\\28b\\29\\5c");
@@ -40,7 +48,11 @@ fn slapd_every_fixture_user_binds_with_ldapwhoami() {
         assert!(ok, "{} ({}) cannot bind: {text}", u.name, u.dn);
         assert!(text.starts_with("dn:"), "{text}");
         let (ok, text) = ldapwhoami(&slapd.url(), u.dn, "wrong-password");
-        assert!(!ok && text.contains("(49)"), "{}: wrong password: {text}", u.name);
+        assert!(
+            !ok && text.contains("(49)"),
+            "{}: wrong password: {text}",
+            u.name
+        );
     }
     let (ok, text) = ldapwhoami(&slapd.url(), ROOT_DN, ROOT_PW);
     assert!(ok, "{text}");
@@ -62,12 +74,17 @@ fn slapd_fixture_entries_and_exact_password_bytes() {
     }
     let twins = slapd.search_dns("(uid=twin)");
     assert_eq!(twins.len(), 2, "{twins:?}");
-    assert!(twins.contains(&TWIN_PEOPLE.dn.to_owned()) && twins.contains(&TWIN_STAFF.dn.to_owned()));
+    assert!(
+        twins.contains(&TWIN_PEOPLE.dn.to_owned()) && twins.contains(&TWIN_STAFF.dn.to_owned())
+    );
     // An unescaped star is a wildcard: proves the escaping matters.
     assert!(slapd.search_dns("(uid=star*)").len() == 1);
     assert!(slapd.search_dns("(uid=*)").len() > 10);
     // Groups.
-    let admins = slapd.search_dns(&format!("(&(objectClass=groupOfNames)(member={}))", ALICE.dn));
+    let admins = slapd.search_dns(&format!(
+        "(&(objectClass=groupOfNames)(member={}))",
+        ALICE.dn
+    ));
     assert_eq!(admins, vec![ADMINS_DN.to_owned()]);
     let readers = slapd.search_dns(&format!("(member={})", CAROL.dn));
     assert_eq!(readers, vec![READERS_DN.to_owned()]);
@@ -80,23 +97,52 @@ fn slapd_fixture_entries_and_exact_password_bytes() {
     assert_eq!(slapd.bind(NUL.dn, b"abc\0def").unwrap(), 49);
     assert_eq!(slapd.bind(ZOE.dn, ZOE.password).unwrap(), 0);
     // Hex-escaped DN forms reach the same entries.
-    assert_eq!(slapd.bind("cn=\\20spaceuser\\20,ou=people,dc=example,dc=test", SPACES.password).unwrap(), 0);
-    assert_eq!(slapd.bind("cn=back\\5cuser,ou=people,dc=example,dc=test", BACKSLASH.password).unwrap(), 0);
+    assert_eq!(
+        slapd
+            .bind(
+                "cn=\\20spaceuser\\20,ou=people,dc=example,dc=test",
+                SPACES.password
+            )
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        slapd
+            .bind(
+                "cn=back\\5cuser,ou=people,dc=example,dc=test",
+                BACKSLASH.password
+            )
+            .unwrap(),
+        0
+    );
     // slapd ignores leading/trailing spaces in a DN value (documented on SPACES).
-    assert_eq!(slapd.bind("cn=spaceuser,ou=people,dc=example,dc=test", SPACES.password).unwrap(), 0);
+    assert_eq!(
+        slapd
+            .bind("cn=spaceuser,ou=people,dc=example,dc=test", SPACES.password)
+            .unwrap(),
+        0
+    );
 }
 
 #[test]
 fn slapd_counts_ops_and_survives_stop_start_freeze() {
     let mut slapd = Slapd::builder().global("idletimeout 30").start();
     let port = slapd.port();
-    assert_eq!(slapd.count_ops("BIND"), 0, "the readiness probe is not counted");
+    assert_eq!(
+        slapd.count_ops("BIND"),
+        0,
+        "the readiness probe is not counted"
+    );
     assert_eq!(slapd.bind(ALICE.dn, ALICE.password).unwrap(), 0);
     assert_eq!(slapd.bind(BOB.dn, "nope").unwrap(), 49);
     slapd.search_dns("(uid=alice)");
     assert_eq!(slapd.wait_ops("BIND", 3, Duration::from_secs(5)), 3);
     assert_eq!(slapd.wait_ops("SRCH", 1, Duration::from_secs(5)), 1);
-    assert!(slapd.ops("SRCH")[0].contains("filter=\"(uid=alice)\""), "{:?}", slapd.ops("SRCH"));
+    assert!(
+        slapd.ops("SRCH")[0].contains("filter=\"(uid=alice)\""),
+        "{:?}",
+        slapd.ops("SRCH")
+    );
 
     // Freeze: connections are accepted, nothing answers.
     slapd.freeze();
@@ -129,11 +175,20 @@ fn slapd_options_allow_bind_anon_dn_and_acls() {
     let slapd = Slapd::builder()
         .global("allow bind_anon_dn")
         .acl("access to dn.subtree=\"ou=staff,dc=example,dc=test\" attrs=userPassword by * none")
-        .extra_ldif(&person_ldif("cn=dave,ou=people,dc=example,dc=test", "dave", b"dave-pw"))
+        .extra_ldif(&person_ldif(
+            "cn=dave,ou=people,dc=example,dc=test",
+            "dave",
+            b"dave-pw",
+        ))
         .start();
     // A DN with an empty password is now an anonymous success: the dangerous case.
     assert_eq!(slapd.bind(ALICE.dn, "").unwrap(), 0);
-    assert_eq!(slapd.bind("cn=dave,ou=people,dc=example,dc=test", "dave-pw").unwrap(), 0);
+    assert_eq!(
+        slapd
+            .bind("cn=dave,ou=people,dc=example,dc=test", "dave-pw")
+            .unwrap(),
+        0
+    );
     // The extra ACL (before the defaults) forbids auth for staff.
     assert_eq!(slapd.bind(TWIN_STAFF.dn, TWIN_STAFF.password).unwrap(), 49);
     assert_eq!(slapd.bind(TWIN_PEOPLE.dn, TWIN_PEOPLE.password).unwrap(), 0);
@@ -142,7 +197,9 @@ fn slapd_options_allow_bind_anon_dn_and_acls() {
 #[test]
 fn slapd_bad_ldif_reports_slapadd_output() {
     let err = Slapd::builder()
-        .extra_ldif("dn: cn=broken,ou=people,dc=example,dc=test\nobjectClass: noSuchClass\ncn: broken\n")
+        .extra_ldif(
+            "dn: cn=broken,ou=people,dc=example,dc=test\nobjectClass: noSuchClass\ncn: broken\n",
+        )
         .try_start()
         .err()
         .expect("bad LDIF must fail");
@@ -152,7 +209,12 @@ fn slapd_bad_ldif_reports_slapadd_output() {
 #[test]
 fn black_hole_accepts_and_never_answers() {
     let hole = BlackHole::start();
-    let r = ldap_simple_bind(hole.port(), ALICE.dn, ALICE.password, Duration::from_millis(200));
+    let r = ldap_simple_bind(
+        hole.port(),
+        ALICE.dn,
+        ALICE.password,
+        Duration::from_millis(200),
+    );
     assert!(r.is_err());
     assert_eq!(hole.accepted(), 1);
 }
@@ -162,9 +224,24 @@ fn valkey_acl_auth(version: Version) {
     let mut c = v.client();
     let pong: String = redis::cmd("PING").query(&mut c).unwrap();
     assert_eq!(pong, "PONG");
-    let _: () = redis::cmd("ACL").arg("SETUSER").arg("u1").arg("on").arg(">pw1").arg("~*").arg("+@all").query(&mut c).unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("u1")
+        .arg("on")
+        .arg(">pw1")
+        .arg("~*")
+        .arg("+@all")
+        .query(&mut c)
+        .unwrap();
     // A password with a NUL byte, set and used through exact bytes.
-    let _: () = redis::cmd("ACL").arg("SETUSER").arg("u2").arg("on").arg(&b">ab\0cd"[..]).arg("+@all").query(&mut c).unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("u2")
+        .arg("on")
+        .arg(&b">ab\0cd"[..])
+        .arg("+@all")
+        .query(&mut c)
+        .unwrap();
 
     let mut c2 = v.client();
     assert_eq!(auth(&mut c2, b"u1", b"pw1").unwrap(), redis::Value::Okay);
@@ -191,8 +268,20 @@ fn valkey_acl_auth(version: Version) {
     assert!(raw.auth(b"u1", b"pw1").is_ok());
     let hello = raw.hello3_auth(b"u2", b"ab\0cd");
     assert_eq!(hello.get("proto"), Some(&Reply::Int(3)), "{hello:?}");
-    let expect = if version == Version::V9_1 { "9.1.2" } else { "8.1." };
-    assert!(hello.get("version").unwrap().text().unwrap().starts_with(expect), "{hello:?}");
+    let expect = if version == Version::V9_1 {
+        "9.1.2"
+    } else {
+        "8.1."
+    };
+    assert!(
+        hello
+            .get("version")
+            .unwrap()
+            .text()
+            .unwrap()
+            .starts_with(expect),
+        "{hello:?}"
+    );
     assert_eq!(raw.call(&[b"ACL", b"WHOAMI"]), Reply::Bulk(b"u2".to_vec()));
     // A reply never comes for a blocked read: the timeout fails instead of hanging.
     assert!(raw.auth(b"u1", b"pw1").is_ok());
@@ -200,9 +289,15 @@ fn valkey_acl_auth(version: Version) {
     assert!(raw.try_read_timeout(Duration::from_millis(200)).is_err());
     drop(raw);
 
-    assert!(v.log().contains("Ready to accept connections"), "{}", v.log());
+    assert!(
+        v.log().contains("Ready to accept connections"),
+        "{}",
+        v.log()
+    );
     let _: () = redis::cmd("CONFIG").arg("REWRITE").query(&mut c).unwrap();
-    assert!(std::fs::read_to_string(v.config_path()).unwrap().contains("user u1"));
+    assert!(std::fs::read_to_string(v.config_path())
+        .unwrap()
+        .contains("user u1"));
 }
 
 #[test]
@@ -226,7 +321,9 @@ fn redis_7_0_starts() {
 
 #[test]
 fn valkey_stop_restart_and_expected_failures() {
-    let mut v = Valkey::builder().config("user alice on >pw ~* +@all").start();
+    let mut v = Valkey::builder()
+        .config("user alice on >pw ~* +@all")
+        .start();
     let port = v.port();
     assert!(v.stop().success());
     v.restart().unwrap();
@@ -236,8 +333,12 @@ fn valkey_stop_restart_and_expected_failures() {
     drop(v);
     assert_eq!(process_state(pid), None, "valkey {pid} survived drop");
 
-    let log = Valkey::builder().config("no-such-directive 1").start_expect_failure();
+    let log = Valkey::builder()
+        .config("no-such-directive 1")
+        .start_expect_failure();
     assert!(log.contains("no-such-directive"), "{log}");
-    let log = Valkey::builder().module_path("/nonexistent/libnothing.so").start_expect_failure();
+    let log = Valkey::builder()
+        .module_path("/nonexistent/libnothing.so")
+        .start_expect_failure();
     assert!(log.contains("libnothing.so"), "{log}");
 }

@@ -43,7 +43,13 @@ pub fn repo_root() -> PathBuf {
 pub fn module_path() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { repo_root().join(p) })
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                repo_root().join(p)
+            }
+        })
         .unwrap_or_else(|| repo_root().join("target"));
     target.join("release").join("libvalkeyauth.so")
 }
@@ -86,11 +92,13 @@ pub fn temp_root() -> PathBuf {
 /// Removes directories left by test processes that no longer exist (killed with SIGKILL: their
 /// servers died with them, see [`spawn`], but nothing removed the directories).
 fn sweep_stale_dirs() {
-    let Ok(entries) = fs::read_dir(temp_root()) else { return };
+    let Ok(entries) = fs::read_dir(temp_root()) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         // <tag>-<pid>-<n>-<nanos>
-        let pid = name.rsplitn(4, '-').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let pid = name.rsplit('-').nth(2).and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = fs::remove_dir_all(e.path());
@@ -235,11 +243,16 @@ fn wait_stopped(pid: u32, stopped: bool) {
             _ => thread::sleep(Duration::from_millis(2)),
         }
     }
-    panic!("process {pid} did not become {}", if stopped { "stopped" } else { "running" });
+    panic!(
+        "process {pid} did not become {}",
+        if stopped { "stopped" } else { "running" }
+    );
 }
 
 fn read_lossy(path: &Path) -> String {
-    fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 fn append_file(path: &Path) -> File {
@@ -259,7 +272,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 pub fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -292,7 +309,9 @@ pub fn base64_decode(text: &str) -> Vec<u8> {
 
 /// The ISO-8859-1 bytes of `s` (panics on characters above U+00FF).
 pub fn latin1(s: &str) -> Vec<u8> {
-    s.chars().map(|c| u8::try_from(u32::from(c)).expect("not Latin-1")).collect()
+    s.chars()
+        .map(|c| u8::try_from(u32::from(c)).expect("not Latin-1"))
+        .collect()
 }
 
 /// RFC 4515 escaping of a value for an LDAP filter (test-side reference implementation).
@@ -338,26 +357,48 @@ impl FixtureUser {
 
 pub const ALICE: FixtureUser =
     FixtureUser::new("alice", "cn=alice,ou=people,dc=example,dc=test", "alice-pw");
-pub const BOB: FixtureUser = FixtureUser::new("bob", "cn=bob,ou=people,dc=example,dc=test", "bob-pw");
+pub const BOB: FixtureUser =
+    FixtureUser::new("bob", "cn=bob,ou=people,dc=example,dc=test", "bob-pw");
 pub const CAROL: FixtureUser =
     FixtureUser::new("carol", "cn=carol,ou=people,dc=example,dc=test", "carol-pw");
 // Names that need escaping somewhere (DN, filter, or both).
-pub const STAR: FixtureUser =
-    FixtureUser::new("star*user", "cn=star*user,ou=people,dc=example,dc=test", "star-pw");
-pub const COMMA: FixtureUser =
-    FixtureUser::new("comma,user", "cn=comma\\,user,ou=people,dc=example,dc=test", "comma-pw");
-pub const PLUS: FixtureUser =
-    FixtureUser::new("plus+user", "cn=plus\\+user,ou=people,dc=example,dc=test", "plus-pw");
-pub const BACKSLASH: FixtureUser =
-    FixtureUser::new("back\\user", "cn=back\\\\user,ou=people,dc=example,dc=test", "backslash-pw");
-pub const HASH: FixtureUser =
-    FixtureUser::new("#hashuser", "cn=\\#hashuser,ou=people,dc=example,dc=test", "hash-pw");
+pub const STAR: FixtureUser = FixtureUser::new(
+    "star*user",
+    "cn=star*user,ou=people,dc=example,dc=test",
+    "star-pw",
+);
+pub const COMMA: FixtureUser = FixtureUser::new(
+    "comma,user",
+    "cn=comma\\,user,ou=people,dc=example,dc=test",
+    "comma-pw",
+);
+pub const PLUS: FixtureUser = FixtureUser::new(
+    "plus+user",
+    "cn=plus\\+user,ou=people,dc=example,dc=test",
+    "plus-pw",
+);
+pub const BACKSLASH: FixtureUser = FixtureUser::new(
+    "back\\user",
+    "cn=back\\\\user,ou=people,dc=example,dc=test",
+    "backslash-pw",
+);
+pub const HASH: FixtureUser = FixtureUser::new(
+    "#hashuser",
+    "cn=\\#hashuser,ou=people,dc=example,dc=test",
+    "hash-pw",
+);
 /// Leading and trailing space. Note: slapd's DN and uid matching ignore them, so
 /// `cn=spaceuser,...` binds to this entry too and `(uid=spaceuser)` finds it.
-pub const SPACES: FixtureUser =
-    FixtureUser::new(" spaceuser ", "cn=\\ spaceuser\\ ,ou=people,dc=example,dc=test", "space-pw");
-pub const PARENS: FixtureUser =
-    FixtureUser::new("paren)(user", "cn=paren)(user,ou=people,dc=example,dc=test", "paren-pw");
+pub const SPACES: FixtureUser = FixtureUser::new(
+    " spaceuser ",
+    "cn=\\ spaceuser\\ ,ou=people,dc=example,dc=test",
+    "space-pw",
+);
+pub const PARENS: FixtureUser = FixtureUser::new(
+    "paren)(user",
+    "cn=paren)(user,ou=people,dc=example,dc=test",
+    "paren-pw",
+);
 /// The other RFC 4514 specials: `"` `<` `;` `>` `=`.
 pub const SPECIALS: FixtureUser = FixtureUser::new(
     "q\"<;>=user",
@@ -365,35 +406,66 @@ pub const SPECIALS: FixtureUser = FixtureUser::new(
     "specials-pw",
 );
 /// Two entries with uid `twin`: a search from [`SUFFIX`] finds both.
-pub const TWIN_PEOPLE: FixtureUser =
-    FixtureUser::new("twin", "cn=twin,ou=people,dc=example,dc=test", "twin-people-pw");
-pub const TWIN_STAFF: FixtureUser =
-    FixtureUser::new("twin", "cn=twin,ou=staff,dc=example,dc=test", "twin-staff-pw");
+pub const TWIN_PEOPLE: FixtureUser = FixtureUser::new(
+    "twin",
+    "cn=twin,ou=people,dc=example,dc=test",
+    "twin-people-pw",
+);
+pub const TWIN_STAFF: FixtureUser = FixtureUser::new(
+    "twin",
+    "cn=twin,ou=staff,dc=example,dc=test",
+    "twin-staff-pw",
+);
 /// Password is UTF-8; its Latin-1 bytes (`latin1(UTF8.password)`) must not log in.
-pub const UTF8: FixtureUser =
-    FixtureUser::new("utf8user", "cn=utf8user,ou=people,dc=example,dc=test", "pässwörd-ü");
+pub const UTF8: FixtureUser = FixtureUser::new(
+    "utf8user",
+    "cn=utf8user,ou=people,dc=example,dc=test",
+    "pässwörd-ü",
+);
 /// Real password `abc`: `abc\0def` must not log in.
-pub const NUL: FixtureUser = FixtureUser::new("nuluser", "cn=nuluser,ou=people,dc=example,dc=test", "abc");
+pub const NUL: FixtureUser =
+    FixtureUser::new("nuluser", "cn=nuluser,ou=people,dc=example,dc=test", "abc");
 /// A non-ASCII user name.
-pub const ZOE: FixtureUser = FixtureUser::new("zoë", "cn=zoë,ou=people,dc=example,dc=test", "zoe-pw");
+pub const ZOE: FixtureUser =
+    FixtureUser::new("zoë", "cn=zoë,ou=people,dc=example,dc=test", "zoe-pw");
 
 /// Every person who can bind with its password.
 pub const USERS: &[FixtureUser] = &[
-    ALICE, BOB, CAROL, STAR, COMMA, PLUS, BACKSLASH, HASH, SPACES, PARENS, SPECIALS, TWIN_PEOPLE,
-    TWIN_STAFF, UTF8, NUL, ZOE,
+    ALICE,
+    BOB,
+    CAROL,
+    STAR,
+    COMMA,
+    PLUS,
+    BACKSLASH,
+    HASH,
+    SPACES,
+    PARENS,
+    SPECIALS,
+    TWIN_PEOPLE,
+    TWIN_STAFF,
+    UTF8,
+    NUL,
+    ZOE,
 ];
 /// A person with no userPassword: every bind fails (49, or 53 for an empty password).
-pub const NOPW: FixtureUser = FixtureUser::new("nopwuser", "cn=nopwuser,ou=people,dc=example,dc=test", "");
+pub const NOPW: FixtureUser =
+    FixtureUser::new("nopwuser", "cn=nopwuser,ou=people,dc=example,dc=test", "");
 /// A service account for search+bind (`search_bind_dn`); it has no `uid`.
-pub const SEARCHER: FixtureUser =
-    FixtureUser::new("searcher", "cn=searcher,ou=services,dc=example,dc=test", "searcher-pw");
+pub const SEARCHER: FixtureUser = FixtureUser::new(
+    "searcher",
+    "cn=searcher,ou=services,dc=example,dc=test",
+    "searcher-pw",
+);
 pub const ADMINS_DN: &str = "cn=admins,ou=groups,dc=example,dc=test";
 pub const READERS_DN: &str = "cn=readers,ou=groups,dc=example,dc=test";
 
 fn ldif_attr(out: &mut String, attr: &str, value: &[u8]) {
     let unsafe_start = matches!(value.first(), Some(b' ' | b':' | b'<'));
     let unsafe_end = value.last() == Some(&b' ');
-    let unsafe_byte = value.iter().any(|&b| b == 0 || b == b'\n' || b == b'\r' || b >= 0x80);
+    let unsafe_byte = value
+        .iter()
+        .any(|&b| b == 0 || b == b'\n' || b == b'\r' || b >= 0x80);
     if unsafe_start || unsafe_end || unsafe_byte {
         out.push_str(&format!("{attr}:: {}\n", base64_encode(value)));
     } else {
@@ -433,10 +505,26 @@ pub fn base_ldif() -> String {
     let mut s = String::new();
     s += &ldif_entry(
         SUFFIX,
-        &[("objectClass", b"dcObject"), ("objectClass", b"organization"), ("o", b"example"), ("dc", b"example")],
+        &[
+            ("objectClass", b"dcObject"),
+            ("objectClass", b"organization"),
+            ("o", b"example"),
+            ("dc", b"example"),
+        ],
     );
-    for (dn, ou) in [(PEOPLE, "people"), (STAFF, "staff"), (GROUPS, "groups"), (SERVICES, "services")] {
-        s += &ldif_entry(dn, &[("objectClass", b"organizationalUnit"), ("ou", ou.as_bytes())]);
+    for (dn, ou) in [
+        (PEOPLE, "people"),
+        (STAFF, "staff"),
+        (GROUPS, "groups"),
+        (SERVICES, "services"),
+    ] {
+        s += &ldif_entry(
+            dn,
+            &[
+                ("objectClass", b"organizationalUnit"),
+                ("ou", ou.as_bytes()),
+            ],
+        );
     }
     for u in USERS {
         s += &person_ldif(u.dn, u.name, u.password.as_bytes());
@@ -453,7 +541,11 @@ pub fn base_ldif() -> String {
     );
     s += &ldif_entry(
         ADMINS_DN,
-        &[("objectClass", b"groupOfNames"), ("cn", b"admins"), ("member", ALICE.dn.as_bytes())],
+        &[
+            ("objectClass", b"groupOfNames"),
+            ("cn", b"admins"),
+            ("member", ALICE.dn.as_bytes()),
+        ],
     );
     s += &ldif_entry(
         READERS_DN,
@@ -512,7 +604,12 @@ fn ber_read_tlv(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
 /// One LDAPv3 simple bind on a fresh connection to 127.0.0.1:`port`, with the exact bytes of
 /// `dn` and `password`. Returns the LDAP result code (0 success, 49 invalid credentials, 53
 /// unwilling to perform...). An I/O error (refused, or no answer within `timeout`) is Err.
-pub fn ldap_simple_bind(port: u16, dn: impl AsRef<[u8]>, password: impl AsRef<[u8]>, timeout: Duration) -> io::Result<u32> {
+pub fn ldap_simple_bind(
+    port: u16,
+    dn: impl AsRef<[u8]>,
+    password: impl AsRef<[u8]>,
+    timeout: Duration,
+) -> io::Result<u32> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
@@ -529,13 +626,19 @@ pub fn ldap_simple_bind(port: u16, dn: impl AsRef<[u8]>, password: impl AsRef<[u
     s.write_all(&pdu)?;
     let (tag, content) = ber_read_tlv(&mut s)?;
     if tag != 0x30 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("LDAP reply tag {tag:#x}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("LDAP reply tag {tag:#x}"),
+        ));
     }
     let mut c = &content[..];
     let _msgid = ber_read_tlv(&mut c)?;
     let (op, body) = ber_read_tlv(&mut c)?;
     if op != 0x61 && op != 0x78 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("LDAP op tag {op:#x}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("LDAP op tag {op:#x}"),
+        ));
     }
     let (etag, code) = ber_read_tlv(&mut &body[..])?;
     if etag != 0x0a || code.is_empty() {
@@ -554,8 +657,10 @@ pub fn ldap_simple_bind(port: u16, dn: impl AsRef<[u8]>, password: impl AsRef<[u
 
 const SLAPD: &str = "/usr/sbin/slapd";
 const SLAPADD: &str = "/usr/sbin/slapadd";
-const DEFAULT_ACLS: [&str; 2] =
-    ["access to attrs=userPassword by anonymous auth by * none", "access to * by * read"];
+const DEFAULT_ACLS: [&str; 2] = [
+    "access to attrs=userPassword by anonymous auth by * none",
+    "access to * by * read",
+];
 
 /// Options for a private slapd. `Slapd::builder().start()` gives the base fixture.
 pub struct SlapdBuilder {
@@ -616,7 +721,8 @@ impl SlapdBuilder {
     }
 
     pub fn start(self) -> Slapd {
-        self.try_start().unwrap_or_else(|e| panic!("slapd did not start:\n{e}"))
+        self.try_start()
+            .unwrap_or_else(|e| panic!("slapd did not start:\n{e}"))
     }
 
     /// Err carries the reason with the slapadd output or the slapd log.
@@ -684,7 +790,11 @@ impl Slapd {
             c += &format!("include /etc/ldap/schema/{schema}.schema\n");
         }
         c += "modulepath /usr/lib/ldap\nmoduleload back_mdb\n";
-        c += &format!("pidfile {}\nargsfile {}\n", d.join("slapd.pid").display(), d.join("slapd.args").display());
+        c += &format!(
+            "pidfile {}\nargsfile {}\n",
+            d.join("slapd.pid").display(),
+            d.join("slapd.args").display()
+        );
         for l in &b.global {
             c += l;
             c.push('\n');
@@ -738,9 +848,18 @@ impl Slapd {
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(SLAPD);
         // -d stats: stay in the foreground and log every operation (count_ops reads it).
-        cmd.arg("-f").arg(&self.conf).arg("-h").arg(self.listen_urls()).arg("-d").arg("stats");
-        cmd.stdin(Stdio::null()).stdout(log).stderr(log2).current_dir(self.dir.path());
-        let child = spawn(cmd).map_err(|e| format!("spawn {SLAPD}: {e} (run scripts/install-deps.sh)"))?;
+        cmd.arg("-f")
+            .arg(&self.conf)
+            .arg("-h")
+            .arg(self.listen_urls())
+            .arg("-d")
+            .arg("stats");
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .current_dir(self.dir.path());
+        let child =
+            spawn(cmd).map_err(|e| format!("spawn {SLAPD}: {e} (run scripts/install-deps.sh)"))?;
         self.child = Some(child);
         self.frozen = false;
         let deadline = Instant::now() + self.timeout;
@@ -748,7 +867,10 @@ impl Slapd {
             let child = self.child.as_mut().expect("child");
             if let Ok(Some(st)) = child.try_wait() {
                 self.child = None;
-                return Err(format!("slapd exited ({st}) while starting; log:\n{}", self.log()));
+                return Err(format!(
+                    "slapd exited ({st}) while starting; log:\n{}",
+                    self.log()
+                ));
             }
             // Any BindResponse means slapd is serving. The probe DN with an empty password is
             // an "unauthenticated bind": refused with 53 unless `allow bind_anon_dn`.
@@ -758,7 +880,11 @@ impl Slapd {
             if Instant::now() >= deadline {
                 let mut child = self.child.take().expect("child");
                 kill_and_reap(&mut child);
-                return Err(format!("slapd not ready after {:?}; log:\n{}", self.timeout, self.log()));
+                return Err(format!(
+                    "slapd not ready after {:?}; log:\n{}",
+                    self.timeout,
+                    self.log()
+                ));
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -771,7 +897,10 @@ impl Slapd {
 
     /// `ldaps://127.0.0.1:PORT2` (only with `.ldaps()`).
     pub fn ldaps_url(&self) -> String {
-        format!("ldaps://127.0.0.1:{}", self.ldaps_port.expect("slapd started without .ldaps()"))
+        format!(
+            "ldaps://127.0.0.1:{}",
+            self.ldaps_port.expect("slapd started without .ldaps()")
+        )
     }
 
     pub fn port(&self) -> u16 {
@@ -859,18 +988,23 @@ impl Slapd {
     pub fn ops(&self, kind: &str) -> Vec<String> {
         let log = self.log();
         let conn_of = |line: &str| -> Option<String> {
-            line.split_whitespace().find(|t| t.starts_with("conn=")).map(str::to_owned)
+            line.split_whitespace()
+                .find(|t| t.starts_with("conn="))
+                .map(str::to_owned)
         };
         let probe_marker = format!("BIND dn=\"{PROBE_DN}\"");
-        let probe_conns: BTreeSet<String> =
-            log.lines().filter(|l| l.contains(&probe_marker)).filter_map(conn_of).collect();
+        let probe_conns: BTreeSet<String> = log
+            .lines()
+            .filter(|l| l.contains(&probe_marker))
+            .filter_map(conn_of)
+            .collect();
         log.lines()
             .filter(|l| match kind {
                 "BIND" => l.contains(" BIND dn=\"") && l.contains(" method="),
                 "SRCH" => l.contains(" SRCH base=\""),
                 k => l.split_whitespace().any(|t| t == k),
             })
-            .filter(|l| conn_of(l).map_or(true, |c| !probe_conns.contains(&c)))
+            .filter(|l| conn_of(l).is_none_or(|c| !probe_conns.contains(&c)))
             .map(str::to_owned)
             .collect()
     }
@@ -901,7 +1035,18 @@ impl Slapd {
     /// [`SUFFIX`] as the rootdn, via `ldapsearch`.
     pub fn search_dns(&self, filter: &str) -> Vec<String> {
         let out = Command::new("ldapsearch")
-            .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-H", &self.url(), "-D", ROOT_DN, "-w", ROOT_PW])
+            .args([
+                "-x",
+                "-LLL",
+                "-o",
+                "ldif-wrap=no",
+                "-H",
+                &self.url(),
+                "-D",
+                ROOT_DN,
+                "-w",
+                ROOT_PW,
+            ])
             .args(["-b", SUFFIX, "-s", "sub", filter, "1.1"])
             .stdin(Stdio::null())
             .output()
@@ -964,7 +1109,12 @@ impl BlackHole {
                 }
             }
         });
-        BlackHole { port, stop, accepted, thread: Some(thread) }
+        BlackHole {
+            port,
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -1058,7 +1208,11 @@ impl ValkeyBuilder {
         S: AsRef<str>,
     {
         let args = args.into_iter().map(|s| s.as_ref().to_owned()).collect();
-        let path = self.module.take().map(|(p, _)| p).unwrap_or_else(module_path);
+        let path = self
+            .module
+            .take()
+            .map(|(p, _)| p)
+            .unwrap_or_else(module_path);
         self.module = Some((path, args));
         self
     }
@@ -1090,14 +1244,18 @@ impl ValkeyBuilder {
 
     /// Starts and waits for PING; panics with the log on failure.
     pub fn start(self) -> Valkey {
-        self.try_start().unwrap_or_else(|log| panic!("valkey-server did not start:\n{log}"))
+        self.try_start()
+            .unwrap_or_else(|log| panic!("valkey-server did not start:\n{log}"))
     }
 
     /// A server that is EXPECTED to fail to start: returns its log (logfile + stderr).
     /// Panics if it starts.
     pub fn start_expect_failure(self) -> String {
         match self.try_start() {
-            Ok(v) => panic!("valkey-server started but was expected to fail; log:\n{}", v.log()),
+            Ok(v) => panic!(
+                "valkey-server started but was expected to fail; log:\n{}",
+                v.log()
+            ),
             Err(log) => log,
         }
     }
@@ -1106,11 +1264,17 @@ impl ValkeyBuilder {
     pub fn try_start(self) -> Result<Valkey, String> {
         if let Some((path, _)) = &self.module {
             if !path.exists() && *path == module_path() {
-                panic!("{} is missing: run `cargo build --release` first", path.display());
+                panic!(
+                    "{} is missing: run `cargo build --release` first",
+                    path.display()
+                );
             }
         }
         if !self.binary.exists() {
-            panic!("{} is missing: run scripts/install-deps.sh", self.binary.display());
+            panic!(
+                "{} is missing: run scripts/install-deps.sh",
+                self.binary.display()
+            );
         }
         let mut last = String::new();
         for _attempt in 0..3 {
@@ -1172,7 +1336,10 @@ impl Valkey {
         let mut c = String::new();
         c += &format!("port {}\nbind 127.0.0.1\n", self.port);
         c += &format!("dir {}\n", conf_quote(d));
-        c += &format!("logfile {}\n", conf_quote(self.logfile.to_str().expect("utf-8 path")));
+        c += &format!(
+            "logfile {}\n",
+            conf_quote(self.logfile.to_str().expect("utf-8 path"))
+        );
         c += "daemonize no\nsave \"\"\nappendonly no\nenable-module-command yes\nenable-debug-command yes\n";
         if let Some((path, args)) = &b.module {
             c += "loadmodule ";
@@ -1194,7 +1361,11 @@ impl Valkey {
         let out = append_file(&self.stderr);
         let err = out.try_clone().expect("clone");
         let mut cmd = Command::new(&self.binary);
-        cmd.arg(&self.conf).stdin(Stdio::null()).stdout(out).stderr(err).current_dir(self.dir.path());
+        cmd.arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .current_dir(self.dir.path());
         let child = spawn(cmd).map_err(|e| format!("spawn {}: {e}", self.binary.display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + self.timeout;
@@ -1202,7 +1373,10 @@ impl Valkey {
             let child = self.child.as_mut().expect("child");
             if let Ok(Some(st)) = child.try_wait() {
                 self.child = None;
-                return Err(format!("valkey-server exited ({st}) while starting; log:\n{}", self.log()));
+                return Err(format!(
+                    "valkey-server exited ({st}) while starting; log:\n{}",
+                    self.log()
+                ));
             }
             if let Ok(mut c) = RawClient::try_connect(self.port, Duration::from_secs(2)) {
                 match c.cmd(&[b"PING"]) {
@@ -1214,7 +1388,11 @@ impl Valkey {
             if Instant::now() >= deadline {
                 let mut child = self.child.take().expect("child");
                 kill_and_reap(&mut child);
-                return Err(format!("valkey-server not ready after {:?}; log:\n{}", self.timeout, self.log()));
+                return Err(format!(
+                    "valkey-server not ready after {:?}; log:\n{}",
+                    self.timeout,
+                    self.log()
+                ));
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -1231,7 +1409,10 @@ impl Valkey {
 
     /// Pid of the running server (panics when stopped).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("valkey-server is not running").id()
+        self.child
+            .as_ref()
+            .expect("valkey-server is not running")
+            .id()
     }
 
     pub fn dir(&self) -> &Path {
@@ -1273,9 +1454,17 @@ impl Valkey {
         let client = redis::Client::open(self.url()).expect("redis::Client::open");
         let conn = client
             .get_connection_with_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("connect to valkey on {}: {e}\nlog:\n{}", self.port, self.log()));
-        conn.set_read_timeout(Some(CLIENT_TIMEOUT)).expect("set_read_timeout");
-        conn.set_write_timeout(Some(CLIENT_TIMEOUT)).expect("set_write_timeout");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "connect to valkey on {}: {e}\nlog:\n{}",
+                    self.port,
+                    self.log()
+                )
+            });
+        conn.set_read_timeout(Some(CLIENT_TIMEOUT))
+            .expect("set_read_timeout");
+        conn.set_write_timeout(Some(CLIENT_TIMEOUT))
+            .expect("set_write_timeout");
         conn
     }
 
@@ -1294,7 +1483,9 @@ impl Valkey {
 
     /// The exit status if the process has exited (e.g. crashed), without waiting.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM (a clean shutdown; module deinit runs), wait up to 10 s, then SIGKILL.
@@ -1334,7 +1525,11 @@ impl Drop for Valkey {
 
 /// `AUTH user pass` with the exact bytes. A server error is `Err` (`e.code()` is e.g.
 /// `Some("WRONGPASS")`, `e.detail()` the rest).
-pub fn auth(conn: &mut redis::Connection, user: &[u8], pass: &[u8]) -> redis::RedisResult<redis::Value> {
+pub fn auth(
+    conn: &mut redis::Connection,
+    user: &[u8],
+    pass: &[u8],
+) -> redis::RedisResult<redis::Value> {
     redis::cmd("AUTH").arg(user).arg(pass).query(conn)
 }
 
@@ -1345,13 +1540,31 @@ pub fn auth1(conn: &mut redis::Connection, pass: &[u8]) -> redis::RedisResult<re
 
 /// `HELLO 3 AUTH user pass`. On success the connection speaks RESP3 afterwards and the reply
 /// is a `Value::Map`.
-pub fn hello3_auth(conn: &mut redis::Connection, user: &[u8], pass: &[u8]) -> redis::RedisResult<redis::Value> {
-    redis::cmd("HELLO").arg(3).arg("AUTH").arg(user).arg(pass).query(conn)
+pub fn hello3_auth(
+    conn: &mut redis::Connection,
+    user: &[u8],
+    pass: &[u8],
+) -> redis::RedisResult<redis::Value> {
+    redis::cmd("HELLO")
+        .arg(3)
+        .arg("AUTH")
+        .arg(user)
+        .arg(pass)
+        .query(conn)
 }
 
 /// `HELLO 2 AUTH user pass` (stays RESP2).
-pub fn hello2_auth(conn: &mut redis::Connection, user: &[u8], pass: &[u8]) -> redis::RedisResult<redis::Value> {
-    redis::cmd("HELLO").arg(2).arg("AUTH").arg(user).arg(pass).query(conn)
+pub fn hello2_auth(
+    conn: &mut redis::Connection,
+    user: &[u8],
+    pass: &[u8],
+) -> redis::RedisResult<redis::Value> {
+    redis::cmd("HELLO")
+        .arg(2)
+        .arg("AUTH")
+        .arg(user)
+        .arg(pass)
+        .query(conn)
 }
 
 /// `ACL WHOAMI`.
@@ -1404,10 +1617,14 @@ impl Reply {
     /// For maps (RESP3) and flat key/value arrays (RESP2): the value under `key`.
     pub fn get(&self, key: &str) -> Option<&Reply> {
         match self {
-            Reply::Map(m) => m.iter().find(|(k, _)| k.text().as_deref() == Some(key)).map(|(_, v)| v),
-            Reply::Array(a) => {
-                a.chunks(2).find(|kv| kv[0].text().as_deref() == Some(key)).and_then(|kv| kv.get(1))
-            }
+            Reply::Map(m) => m
+                .iter()
+                .find(|(k, _)| k.text().as_deref() == Some(key))
+                .map(|(_, v)| v),
+            Reply::Array(a) => a
+                .chunks(2)
+                .find(|kv| kv[0].text().as_deref() == Some(key))
+                .and_then(|kv| kv.get(1)),
             _ => None,
         }
     }
@@ -1445,11 +1662,16 @@ impl RawClient {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(timeout))?;
         s.set_write_timeout(Some(timeout))?;
-        Ok(RawClient { reader: BufReader::new(s.try_clone()?), writer: s })
+        Ok(RawClient {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
     }
 
     pub fn set_read_timeout(&self, t: Duration) {
-        self.writer.set_read_timeout(Some(t)).expect("set_read_timeout");
+        self.writer
+            .set_read_timeout(Some(t))
+            .expect("set_read_timeout");
     }
 
     /// Writes one command: a RESP array of bulk strings.
@@ -1483,7 +1705,8 @@ impl RawClient {
 
     /// Reads one reply; panics on timeout or EOF.
     pub fn read(&mut self) -> Reply {
-        self.try_read().unwrap_or_else(|e| panic!("RawClient: no reply: {e}"))
+        self.try_read()
+            .unwrap_or_else(|e| panic!("RawClient: no reply: {e}"))
     }
 
     /// send + try_read.
@@ -1525,10 +1748,16 @@ fn read_line(r: &mut impl BufRead) -> io::Result<String> {
     let mut line = Vec::new();
     r.read_until(b'\n', &mut line)?;
     if line.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     if !line.ends_with(b"\r\n") {
-        return Err(bad(format!("line without CRLF: {:?}", String::from_utf8_lossy(&line))));
+        return Err(bad(format!(
+            "line without CRLF: {:?}",
+            String::from_utf8_lossy(&line)
+        )));
     }
     line.truncate(line.len() - 2);
     Ok(String::from_utf8_lossy(&line).into_owned())
@@ -1550,7 +1779,10 @@ fn read_n(r: &mut impl BufRead, len: &str) -> io::Result<Option<Vec<Reply>>> {
     if n < 0 {
         return Ok(None);
     }
-    (0..n).map(|_| read_reply(r)).collect::<io::Result<Vec<_>>>().map(Some)
+    (0..n)
+        .map(|_| read_reply(r))
+        .collect::<io::Result<Vec<_>>>()
+        .map(Some)
 }
 
 fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
@@ -1561,7 +1793,9 @@ fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
         "-" => Reply::Error(rest.to_owned()),
         ":" => Reply::Int(rest.parse().map_err(|_| bad(format!("bad int {rest}")))?),
         "$" => read_blob(r, rest)?.map_or(Reply::Nil, Reply::Bulk),
-        "!" => Reply::Error(String::from_utf8_lossy(&read_blob(r, rest)?.unwrap_or_default()).into_owned()),
+        "!" => Reply::Error(
+            String::from_utf8_lossy(&read_blob(r, rest)?.unwrap_or_default()).into_owned(),
+        ),
         "=" => {
             let b = read_blob(r, rest)?.unwrap_or_default();
             let s = String::from_utf8_lossy(&b).into_owned();
@@ -1571,8 +1805,11 @@ fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
         "~" => Reply::Set(read_n(r, rest)?.unwrap_or_default()),
         ">" => Reply::Push(read_n(r, rest)?.unwrap_or_default()),
         "%" => {
-            let items = read_n(r, &(rest.parse::<i64>().map_err(|_| bad("bad map len"))? * 2).to_string())?
-                .unwrap_or_default();
+            let items = read_n(
+                r,
+                &(rest.parse::<i64>().map_err(|_| bad("bad map len"))? * 2).to_string(),
+            )?
+            .unwrap_or_default();
             let mut it = items.into_iter();
             let mut m = Vec::new();
             while let (Some(k), Some(v)) = (it.next(), it.next()) {
