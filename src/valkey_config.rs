@@ -87,7 +87,7 @@ fn register(ctx: &Context, index: usize, spec: &OptionSpec) -> Result<(), String
 }
 
 fn apply_args(args: &[ValkeyString]) -> Result<(), String> {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return Err("module arguments must be <name> <value> pairs".to_owned());
     }
     for pair in args.chunks(2) {

@@ -3,7 +3,7 @@
 //! It keeps no module context, so it stays valid across MODULE UNLOAD and LOAD, and it is safe
 //! from worker threads (Valkey allows `Log` with no context from any thread).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 use log::{Level, LevelFilter, Metadata, Record};
 use valkey_module::raw;
@@ -25,10 +25,10 @@ impl log::Log for ValkeyLog {
     }
 
     fn log(&self, record: &Record) {
-        let level: &[u8] = match record.level() {
-            Level::Error | Level::Warn => b"warning\0",
-            Level::Info => b"notice\0",
-            Level::Debug | Level::Trace => b"verbose\0",
+        let level: &CStr = match record.level() {
+            Level::Error | Level::Warn => c"warning",
+            Level::Info => c"notice",
+            Level::Debug | Level::Trace => c"verbose",
         };
         // Messages may quote untrusted text; a NUL would cut the C string, so it goes.
         let text = record.args().to_string().replace('\0', "\\0");
@@ -40,8 +40,8 @@ impl log::Log for ValkeyLog {
             if let Some(log_fn) = raw::RedisModule_Log {
                 log_fn(
                     std::ptr::null_mut(),
-                    level.as_ptr().cast(),
-                    b"%s\0".as_ptr().cast(),
+                    level.as_ptr(),
+                    c"%s".as_ptr(),
                     text.as_ptr(),
                 );
             }
