@@ -20,3 +20,6 @@ cargo build --release
 # --no-fail-fast: run every test binary, so one failure does not hide the others.
 echo "[test.sh] cargo test --release --no-fail-fast $*" >&2
 cargo test --release --no-fail-fast "$@"
+# The README's demo must keep working too.
+echo "[test.sh] scripts/demo.sh --check" >&2
+bash scripts/demo.sh --check
