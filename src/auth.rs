@@ -9,7 +9,8 @@ use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use valkey_module::{
-    raw, BlockedClient, Context, Status, ValkeyError, ValkeyString, AUTH_HANDLED, AUTH_NOT_HANDLED,
+    raw, BlockedClient, Context, ContextFlags, Status, ValkeyError, ValkeyString, AUTH_HANDLED,
+    AUTH_NOT_HANDLED,
 };
 
 use crate::config::LocalFallback;
@@ -18,6 +19,7 @@ use crate::runtime::RUNTIME;
 use crate::stats::STATS;
 
 const UNAVAILABLE: &str = "valkeyauth: directory unavailable, try again later";
+const IN_MULTI: &str = "valkeyauth: AUTH inside MULTI is not supported";
 const BUSY: &str = "valkeyauth: too many pending logins, try again later";
 
 /// A queued AUTH. Dropping it unblocks the client: with a verdict stored, or without one, which
@@ -66,6 +68,11 @@ fn begin(ctx: &Context, username: &[u8], password: &[u8]) -> Result<c_int, Valke
     if settings.is_exempt(username) {
         STATS.record_exempt();
         return Ok(AUTH_NOT_HANDLED);
+    }
+    if ctx.get_flags().contains(ContextFlags::MULTI) {
+        // Valkey refuses to block a client inside a transaction, so the answer could never
+        // arrive; refuse before a password goes to the directory.
+        return Err(ValkeyError::Str(IN_MULTI));
     }
     let fallback = settings.local_fallback;
     let request = match Request::new(settings.clone(), username, password) {

@@ -14,6 +14,12 @@ use crate::secret::Secret;
 /// Longest username accepted, in bytes.
 pub const MAX_USERNAME_LEN: usize = 512;
 
+/// Longest password sent to the directory, in bytes. Far above any directory's own limit
+/// (Active Directory: 256 characters), and far below the request size at which directories drop
+/// an unauthenticated connection (slapd: 256 KiB), which would otherwise turn a junk password
+/// into an outage.
+pub const MAX_PASSWORD_LEN: usize = 16 * 1024;
+
 /// The result of one AUTH. The names are the INFO field names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -22,6 +28,7 @@ pub enum Outcome {
     UnknownUser,
     AmbiguousUser,
     EmptyPassword,
+    PasswordTooLong,
     InvalidUsername,
     NoAclUser,
     InternalError,
@@ -41,12 +48,13 @@ pub enum Class {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Allowed,
         Outcome::BadCredentials,
         Outcome::UnknownUser,
         Outcome::AmbiguousUser,
         Outcome::EmptyPassword,
+        Outcome::PasswordTooLong,
         Outcome::InvalidUsername,
         Outcome::NoAclUser,
         Outcome::InternalError,
@@ -63,6 +71,7 @@ impl Outcome {
             Outcome::UnknownUser => "denied_unknown_user",
             Outcome::AmbiguousUser => "denied_ambiguous_user",
             Outcome::EmptyPassword => "denied_empty_password",
+            Outcome::PasswordTooLong => "denied_password_too_long",
             Outcome::InvalidUsername => "denied_invalid_username",
             Outcome::NoAclUser => "denied_no_acl_user",
             Outcome::InternalError => "denied_internal_error",
@@ -111,6 +120,9 @@ impl Request {
         // directories answer with success. It must never reach the directory.
         if password.is_empty() {
             return Err(Outcome::EmptyPassword);
+        }
+        if password.len() > MAX_PASSWORD_LEN {
+            return Err(Outcome::PasswordTooLong);
         }
         Ok(Request {
             settings,
@@ -340,6 +352,12 @@ mod tests {
         );
         assert_eq!(request(b"alice", b"").unwrap_err(), Outcome::EmptyPassword);
         assert!(request(&[b'a'; 512], b"pw").is_ok());
+        let long = vec![b'p'; MAX_PASSWORD_LEN + 1];
+        assert_eq!(
+            request(b"alice", &long).unwrap_err(),
+            Outcome::PasswordTooLong
+        );
+        assert!(request(b"alice", &long[1..]).is_ok());
         assert_eq!(
             request(b"alice", b"p\0w").unwrap().password.expose(),
             b"p\0w"

@@ -39,8 +39,9 @@ fn init(ctx: &Context, args: &[ValkeyString]) -> Status {
     // libldap's global state is set up here, on the main thread, before any worker exists.
     ldap::init_global();
     stats::STATS.reset();
-    let started = valkey_config::load(ctx, args)
-        .and_then(|settings| runtime::start(settings).map_err(|e| format!("cannot start workers: {e}")));
+    let started = valkey_config::load(ctx, args).and_then(|settings| {
+        runtime::start(settings).map_err(|e| format!("cannot start workers: {e}"))
+    });
     match started {
         Ok(()) => Status::Ok,
         Err(e) => {

@@ -1,22 +1,502 @@
+//! End-to-end AUTH tests in bind mode (the default): the module binds as
+//! `cn=<escaped username>,ou=people,dc=example,dc=test` with the client's password.
+//!
+//! Every test starts its own slapd and Valkey. Each asserts the exact reply, and where it proves
+//! why, the module's INFO counters and what slapd's stats log saw.
+
 mod common;
+
 use common::*;
+use std::collections::BTreeMap;
+use std::thread;
+use std::time::Duration;
+
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+const PEOPLE_SUFFIX: &str = ",ou=people,dc=example,dc=test";
+const LOG_WAIT: Duration = Duration::from_secs(5);
+
+// ---- helpers --------------------------------------------------------------------------------
+
+fn ok() -> Reply {
+    Reply::Simple("OK".into())
+}
+
+fn wrongpass() -> Reply {
+    Reply::Error(WRONGPASS.into())
+}
+
+/// Module arguments for bind mode against `slapd`, then `extra` (name, value, ...).
+fn bind_args(slapd: &Slapd, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "servers".to_owned(),
+        slapd.url(),
+        "bind_dn_suffix".to_owned(),
+        PEOPLE_SUFFIX.to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Valkey 9.1 with the module in bind mode against `slapd`.
+fn start_valkey(slapd: &Slapd, extra: &[&str]) -> Valkey {
+    Valkey::builder().module(bind_args(slapd, extra)).start()
+}
+
+/// `ACL SETUSER <args...>`, which must succeed.
+fn acl_setuser(v: &Valkey, args: &[&str]) {
+    let mut cmd: Vec<&[u8]> = vec![b"ACL", b"SETUSER"];
+    cmd.extend(args.iter().map(|a| a.as_bytes()));
+    let r = v.raw().call(&cmd);
+    assert!(r.is_ok(), "ACL SETUSER {args:?}: {r}");
+}
+
+/// `ACL SETUSER <name> on +@all ~*` for each name (no password: the directory decides).
+fn add_acl_users(v: &Valkey, names: &[&str]) {
+    for name in names {
+        acl_setuser(v, &[name, "on", "+@all", "~*"]);
+    }
+}
+
+/// `AUTH user pass` on a new connection; returns the reply and the connection.
+fn login(v: &Valkey, user: &str, pass: &str) -> (Reply, RawClient) {
+    let mut c = v.raw();
+    let r = c.auth(user.as_bytes(), pass.as_bytes());
+    (r, c)
+}
+
+fn whoami(c: &mut RawClient) -> String {
+    c.call(&[b"ACL", b"WHOAMI"])
+        .text()
+        .expect("ACL WHOAMI text")
+}
+
+/// The `valkeyauth_*` fields of `INFO valkeyauth`, without the prefix.
+fn counters(c: &mut RawClient) -> BTreeMap<String, u64> {
+    let text = c
+        .call(&[b"INFO", b"valkeyauth"])
+        .text()
+        .expect("INFO valkeyauth text");
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("valkeyauth_"))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.parse().expect("numeric INFO field")))
+        .collect()
+}
+
+/// Counters that record why an AUTH ended the way it did.
+const OUTCOMES: [&str; 15] = [
+    "allowed",
+    "denied_bad_credentials",
+    "denied_unknown_user",
+    "denied_ambiguous_user",
+    "denied_empty_password",
+    "denied_password_too_long",
+    "denied_invalid_username",
+    "denied_no_acl_user",
+    "denied_internal_error",
+    "outage_unreachable",
+    "outage_timeout",
+    "outage_busy",
+    "outage_directory_error",
+    "exempt_passthrough",
+    "local_fallback_used",
+];
+
+/// Asserts every outcome counter: those in `expected` have that value, all others are 0.
+fn assert_outcomes_with(c: &mut RawClient, expected: &[(&str, u64)]) {
+    let got = counters(c);
+    for name in OUTCOMES {
+        let want = expected
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v);
+        assert_eq!(got.get(name).copied(), Some(want), "{name}: {got:?}");
+    }
+    for (name, _) in expected {
+        assert!(OUTCOMES.contains(name), "unknown counter {name}");
+    }
+}
+
+fn assert_outcomes(v: &Valkey, expected: &[(&str, u64)]) {
+    assert_outcomes_with(&mut v.raw(), expected);
+}
+
+/// The `dn="..."` of each BIND request slapd received, as slapd renders it (harness probes
+/// left out).
+fn bind_dns(slapd: &Slapd) -> Vec<String> {
+    slapd
+        .ops("BIND")
+        .iter()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" BIND dn=\"")?;
+            rest.split_once("\" method=").map(|(dn, _)| dn.to_owned())
+        })
+        .collect()
+}
+
+// ---- the basics ------------------------------------------------------------------------------
 
 #[test]
-fn explore() {
+fn right_password_logs_in_as_the_acl_user() {
     let slapd = Slapd::start_default();
-    let v = Valkey::builder().module(["servers", &slapd.url(), "bind_dn_suffix", ",ou=people,dc=example,dc=test", "workers", "1"]).start();
-    let mut a = v.raw();
-    for name in ["alice", " spaceuser ", "q\"<;>=user", "#hashuser", "zoë", "paren)(user"] {
-        println!("setuser {name:?}: {}", a.call(&[b"ACL", b"SETUSER", name.as_bytes(), b"on", b"+@all", b"~*"]));
+    let v = start_valkey(&slapd, &[]);
+    add_acl_users(&v, &["alice"]);
+
+    let (r, mut c) = login(&v, "alice", ALICE.password);
+    assert_eq!(r, ok());
+    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.call(&[b"SET", b"k", b"v"]), ok(), "alice has +@all");
+    assert_eq!(bind_dns(&slapd), [ALICE.dn]);
+    assert_outcomes(&v, &[("allowed", 1)]);
+}
+
+#[test]
+fn wrong_password_is_wrongpass() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &[]);
+    add_acl_users(&v, &["alice"]);
+
+    for bad in ["alice-pw-not", "ALICE-PW", "alice-pw ", "x"] {
+        let (r, mut c) = login(&v, "alice", bad);
+        assert_eq!(r, wrongpass(), "password {bad:?}");
+        assert_eq!(whoami(&mut c), "default", "still the default user");
     }
+    assert_eq!(bind_dns(&slapd), [ALICE.dn; 4]);
+    assert_outcomes(&v, &[("denied_bad_credentials", 4)]);
+}
+
+#[test]
+fn unknown_directory_user_with_an_acl_user_is_wrongpass() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &[]);
+    add_acl_users(&v, &["mallory"]);
+
+    let (r, mut c) = login(&v, "mallory", "any-password");
+    assert_eq!(r, wrongpass());
+    assert_eq!(whoami(&mut c), "default");
+    // The bind was tried; slapd answers 49 for a DN that does not exist, so bind mode cannot
+    // tell an unknown user from a wrong password.
+    assert_eq!(
+        bind_dns(&slapd),
+        ["cn=mallory,ou=people,dc=example,dc=test"]
+    );
+    assert_outcomes(&v, &[("denied_bad_credentials", 1)]);
+}
+
+#[test]
+fn directory_accepts_but_no_acl_user_is_wrongpass() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &[]);
+    // carol is in the directory but has no Valkey ACL user.
+
+    let (r, mut c) = login(&v, "carol", CAROL.password);
+    assert_eq!(r, wrongpass());
+    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(bind_dns(&slapd), [CAROL.dn]);
+    assert_eq!(
+        slapd.count_ops("mech=SIMPLE"),
+        1,
+        "the directory accepted carol's bind"
+    );
+    assert_outcomes(&v, &[("denied_no_acl_user", 1)]);
+}
+
+#[test]
+fn disabled_acl_user_is_wrongpass() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &[]);
+    acl_setuser(&v, &["bob", "off", "+@all", "~*"]);
+
+    let (r, mut c) = login(&v, "bob", BOB.password);
+    assert_eq!(r, wrongpass());
+    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(
+        slapd.count_ops("mech=SIMPLE"),
+        1,
+        "the directory accepted bob"
+    );
+    assert_outcomes(&v, &[("denied_no_acl_user", 1)]);
+
+    // Enabled again: the same login works.
+    acl_setuser(&v, &["bob", "on"]);
+    let (r, mut c) = login(&v, "bob", BOB.password);
+    assert_eq!(r, ok());
+    assert_eq!(whoami(&mut c), "bob");
+}
+
+#[test]
+fn empty_password_is_refused_without_asking_the_directory() {
+    let slapd = Slapd::builder().global("allow bind_anon_dn").start();
+    // The directory itself WOULD accept alice's DN with an empty password.
+    assert_eq!(slapd.bind(ALICE.dn, "").unwrap(), 0);
+    let v = start_valkey(&slapd, &["workers", "1"]);
+    add_acl_users(&v, &["alice", "bob"]);
+    let binds_before = slapd.count_ops("BIND");
+
+    let (r, mut c) = login(&v, "alice", "");
+    assert_eq!(r, wrongpass());
+    assert_eq!(whoami(&mut c), "default");
+
+    // A later login is the fence: once slapd has logged bob's bind, any bind for the empty
+    // password (queued before bob's on the single worker) would have been logged too.
+    assert_eq!(login(&v, "bob", BOB.password).0, ok());
+    assert_eq!(
+        slapd.wait_ops("BIND", binds_before + 1, LOG_WAIT),
+        binds_before + 1
+    );
+    assert_eq!(bind_dns(&slapd).last().map(String::as_str), Some(BOB.dn));
+    assert_outcomes(&v, &[("denied_empty_password", 1), ("allowed", 1)]);
+}
+
+// ---- HELLO -----------------------------------------------------------------------------------
+
+#[test]
+fn hello_auth_logs_in_with_resp3_and_resp2() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &[]);
+    add_acl_users(&v, &["alice", "bob"]);
+
+    let mut c3 = v.raw();
+    let hello = c3.hello3_auth(b"alice", ALICE.password.as_bytes());
+    assert!(matches!(hello, Reply::Map(_)), "{hello:?}");
+    assert_eq!(hello.get("proto"), Some(&Reply::Int(3)), "{hello:?}");
+    assert_eq!(whoami(&mut c3), "alice");
+
+    let mut c2 = v.raw();
+    let hello = c2.call(&[b"HELLO", b"2", b"AUTH", b"bob", BOB.password.as_bytes()]);
+    assert!(matches!(hello, Reply::Array(_)), "{hello:?}");
+    assert_eq!(hello.get("proto"), Some(&Reply::Int(2)), "{hello:?}");
+    assert_eq!(whoami(&mut c2), "bob");
+
+    assert_outcomes(&v, &[("allowed", 2)]);
+}
+
+#[test]
+fn hello_auth_with_a_wrong_password_is_wrongpass() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &[]);
+    add_acl_users(&v, &["alice"]);
+
     let mut c = v.raw();
-    println!("{}", c.auth(b"alice", b"alice-pw"));
-    println!("{}", c.auth(b"alice", b"bad"));
-    println!("{}", c.auth(b" spaceuser ", b"space-pw"));
-    println!("{}", c.auth(b"#hashuser", b"hash-pw"));
-    println!("{}", c.auth(b"alice", b""));
-    println!("{}", c.auth(b"", b"x"));
-    println!("{}", a.call(&[b"INFO", b"valkeyauth"]));
-    println!("{}", slapd.log());
-    println!("{}", v.log());
+    assert_eq!(c.hello3_auth(b"alice", b"wrong"), wrongpass());
+    assert_eq!(
+        c.call(&[b"HELLO", b"2", b"AUTH", b"alice", b"wrong"]),
+        wrongpass()
+    );
+    // The failed HELLO changed nothing: still RESP2 and the default user.
+    assert_eq!(
+        c.call(&[b"ACL", b"WHOAMI"]),
+        Reply::Bulk(b"default".to_vec())
+    );
+    assert_eq!(bind_dns(&slapd), [ALICE.dn; 2]);
+    assert_outcomes(&v, &[("denied_bad_credentials", 2)]);
+}
+
+// ---- exempt users and an inactive module ----------------------------------------------------
+
+#[test]
+fn exempt_default_user_uses_its_valkey_password() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &[]);
+    let mut admin = v.raw();
+    assert!(admin
+        .call(&[b"CONFIG", b"SET", b"requirepass", b"localpw"])
+        .is_ok());
+
+    let mut c = v.raw();
+    assert_eq!(c.auth(b"default", b"localpw"), ok());
+    assert_eq!(whoami(&mut c), "default");
+    let mut c = v.raw();
+    assert_eq!(c.call(&[b"AUTH", b"localpw"]), ok(), "one-argument AUTH");
+    assert_eq!(whoami(&mut c), "default");
+    let mut c = v.raw();
+    assert_eq!(c.auth(b"default", b"wrong"), wrongpass());
+
+    assert_eq!(slapd.count_ops("ACCEPT"), 0, "no LDAP traffic at all");
+    assert_outcomes_with(&mut admin, &[("exempt_passthrough", 3)]);
+}
+
+#[test]
+fn users_added_to_exempt_users_use_their_valkey_password() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &["workers", "1"]);
+    acl_setuser(&v, &["bob", "on", ">bob-local", "+@all", "~*"]);
+
+    // Handled by the module: the directory password works, the Valkey one does not.
+    assert_eq!(login(&v, "bob", BOB.password).0, ok());
+    assert_eq!(login(&v, "bob", "bob-local").0, wrongpass());
+    assert_eq!(slapd.count_ops("BIND"), 2);
+
+    let r = v.raw().call(&[
+        b"CONFIG",
+        b"SET",
+        b"valkeyauth.exempt_users",
+        b"default bob",
+    ]);
+    assert!(r.is_ok(), "{r}");
+
+    // Exempt: the other way round, and the directory is not asked.
+    let (r, mut c) = login(&v, "bob", "bob-local");
+    assert_eq!(r, ok());
+    assert_eq!(whoami(&mut c), "bob");
+    assert_eq!(login(&v, "bob", BOB.password).0, wrongpass());
+    assert_eq!(slapd.count_ops("BIND"), 2, "no bind for an exempt user");
+    assert_outcomes(
+        &v,
+        &[
+            ("allowed", 1),
+            ("denied_bad_credentials", 1),
+            ("exempt_passthrough", 2),
+        ],
+    );
+}
+
+#[test]
+fn without_servers_auth_is_plain_valkey() {
+    let v = Valkey::builder().module(["servers", ""]).start();
+    acl_setuser(&v, &["alice", "on", ">localpw", "+@all", "~*"]);
+
+    let (r, mut c) = login(&v, "alice", "localpw");
+    assert_eq!(r, ok());
+    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(login(&v, "alice", ALICE.password).0, wrongpass());
+    assert_eq!(
+        v.raw().hello3_auth(b"alice", b"localpw").get("proto"),
+        Some(&Reply::Int(3))
+    );
+
+    // The module saw nothing, not even as exempt.
+    let info = counters(&mut v.raw());
+    assert_eq!(info.get("active"), Some(&0), "{info:?}");
+    assert_eq!(info.get("servers"), Some(&0), "{info:?}");
+    assert_outcomes(&v, &[]);
+}
+
+// ---- transactions ----------------------------------------------------------------------------
+
+#[test]
+fn auth_inside_multi_is_refused_and_the_server_keeps_working() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &[]);
+    add_acl_users(&v, &["alice"]);
+
+    let mut c = v.raw();
+    assert_eq!(c.call(&[b"MULTI"]), ok());
+    assert_eq!(
+        c.auth(b"alice", ALICE.password.as_bytes()),
+        Reply::Simple("QUEUED".into())
+    );
+    let binds = slapd.count_ops("BIND");
+    assert_eq!(
+        c.call(&[b"EXEC"]),
+        Reply::Array(vec![Reply::Error(
+            "ERR valkeyauth: AUTH inside MULTI is not supported".into()
+        )])
+    );
+    assert_eq!(
+        slapd.count_ops("BIND"),
+        binds,
+        "no password went to the directory"
+    );
+    assert_eq!(
+        whoami(&mut c),
+        "default",
+        "the AUTH in MULTI did not log in"
+    );
+
+    // The same connection and others keep working.
+    assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(c.auth(b"alice", ALICE.password.as_bytes()), ok());
+    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(v.raw().call(&[b"PING"]), Reply::Simple("PONG".into()));
+}
+
+// ---- connections and concurrency ------------------------------------------------------------
+
+#[test]
+fn one_worker_reuses_one_directory_connection() {
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &["workers", "1"]);
+    add_acl_users(&v, &["alice", "bob"]);
+
+    let mut c = v.raw();
+    for i in 0..20 {
+        let (user, right) = if i % 2 == 0 {
+            (ALICE, true)
+        } else {
+            (BOB, i % 3 == 0)
+        };
+        let pass = if right { user.password } else { "wrong" };
+        let want = if right { ok() } else { wrongpass() };
+        assert_eq!(
+            c.auth(user.name.as_bytes(), pass.as_bytes()),
+            want,
+            "AUTH #{i}"
+        );
+    }
+    assert_eq!(slapd.count_ops("BIND"), 20);
+    // slapd logs one ACCEPT per connection.
+    assert_eq!(slapd.count_ops("ACCEPT"), 1, "{:#?}", slapd.ops("ACCEPT"));
+    assert_eq!(slapd.count_ops("closed"), 0, "the connection stays open");
+}
+
+#[test]
+fn many_concurrent_clients_all_get_the_right_answer() {
+    const THREADS: usize = 20;
+    const ROUNDS: usize = 20;
+    let slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &[]);
+    add_acl_users(&v, &["alice", "bob"]);
+
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let v = &v;
+            s.spawn(move || {
+                let user = if t % 2 == 0 { ALICE } else { BOB };
+                let mut c = v.raw();
+                for i in 0..ROUNDS {
+                    let right = (t + i) % 2 == 0;
+                    let pass = if right {
+                        user.password
+                    } else {
+                        "not-the-password"
+                    };
+                    let want = if right { ok() } else { wrongpass() };
+                    let got = c.auth(user.name.as_bytes(), pass.as_bytes());
+                    assert_eq!(got, want, "thread {t} round {i} ({})", user.name);
+                    if right {
+                        assert_eq!(whoami(&mut c), user.name);
+                    }
+                }
+            });
+        }
+    });
+    let half = (THREADS * ROUNDS / 2) as u64;
+    assert_outcomes(&v, &[("allowed", half), ("denied_bad_credentials", half)]);
+    assert_eq!(slapd.count_ops("BIND"), THREADS * ROUNDS);
+}
+
+// ---- Valkey 8.1 ------------------------------------------------------------------------------
+
+#[test]
+fn valkey_8_1_right_wrong_and_hello3() {
+    let slapd = Slapd::start_default();
+    let v = Valkey::builder()
+        .version(Version::V8_1)
+        .module(bind_args(&slapd, &[]))
+        .start();
+    let server = v.raw().call(&[b"INFO", b"server"]).text().unwrap();
+    assert!(server.contains("valkey_version:8.1."), "{server}");
+    add_acl_users(&v, &["alice"]);
+
+    let (r, mut c) = login(&v, "alice", ALICE.password);
+    assert_eq!(r, ok());
+    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(login(&v, "alice", "wrong").0, wrongpass());
+    let mut c = v.raw();
+    let hello = c.hello3_auth(b"alice", ALICE.password.as_bytes());
+    assert_eq!(hello.get("proto"), Some(&Reply::Int(3)), "{hello:?}");
+    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(v.raw().hello3_auth(b"alice", b"wrong"), wrongpass());
+    assert_outcomes(&v, &[("allowed", 2), ("denied_bad_credentials", 2)]);
 }

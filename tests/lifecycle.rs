@@ -1,0 +1,383 @@
+//! Module lifecycle: repeated MODULE LOAD/UNLOAD without leaked workers, a clean refusal on
+//! Redis 7.0, a smoke test on Valkey 8.1, and MODULE UNLOAD while a client waits on the
+//! directory.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::time::{Duration, Instant};
+
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+const UNAVAILABLE: &str = "ERR valkeyauth: directory unavailable, try again later";
+const BIND_SUFFIX: &str = ",ou=people,dc=example,dc=test";
+
+// --------------------------------------------------------------------------------------------
+// Helpers
+// --------------------------------------------------------------------------------------------
+
+fn module_path_bytes() -> Vec<u8> {
+    module_path()
+        .to_str()
+        .expect("utf-8 path")
+        .as_bytes()
+        .to_vec()
+}
+
+/// `MODULE LOAD <path> servers <url> bind_dn_suffix <suffix> <extra...>`
+fn module_load(c: &mut RawClient, servers: &str, extra: &[&str]) -> Reply {
+    let path = module_path_bytes();
+    let mut args: Vec<&[u8]> = vec![
+        b"MODULE",
+        b"LOAD",
+        &path,
+        b"servers",
+        servers.as_bytes(),
+        b"bind_dn_suffix",
+        BIND_SUFFIX.as_bytes(),
+    ];
+    args.extend(extra.iter().map(|a| a.as_bytes()));
+    c.call(&args)
+}
+
+fn module_unload(c: &mut RawClient) -> Reply {
+    c.call(&[b"MODULE", b"UNLOAD", b"valkeyauth"])
+}
+
+fn acl_setuser(v: &Valkey, user: &str) {
+    let r = v
+        .raw()
+        .call(&[b"ACL", b"SETUSER", user.as_bytes(), b"on", b"+@all", b"~*"]);
+    assert!(r.is_ok(), "ACL SETUSER {user}: {r}");
+}
+
+fn auth(v: &Valkey, user: &str, pass: &str) -> Reply {
+    v.raw().auth(user.as_bytes(), pass.as_bytes())
+}
+
+fn info_section(v: &Valkey) -> String {
+    v.raw()
+        .call(&[b"INFO", b"valkeyauth"])
+        .text()
+        .expect("INFO")
+}
+
+fn info_field(v: &Valkey, field: &str) -> u64 {
+    let info = info_section(v);
+    let key = format!("valkeyauth_{field}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no {key} in INFO:\n{info}"))
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+/// Names of the threads of `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim_end().to_owned())
+        .collect()
+}
+
+fn worker_threads(pid: u32) -> usize {
+    thread_names(pid)
+        .iter()
+        .filter(|n| n.starts_with("valkeyauth-"))
+        .count()
+}
+
+/// Polls `f` until it returns `want` or 10 s pass; returns the last value.
+fn wait_for<T: PartialEq + Copy>(want: T, mut f: impl FnMut() -> T) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = f();
+        if got == want || Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_no_crash(log: &str) {
+    for bad in [
+        "crashed by signal",
+        "panicked",
+        "STACK TRACE",
+        "ASSERTION FAILED",
+    ] {
+        assert!(!log.contains(bad), "{bad:?} in the log:\n{log}");
+    }
+}
+
+// --------------------------------------------------------------------------------------------
+// Tests
+// --------------------------------------------------------------------------------------------
+
+#[test]
+fn twenty_unload_load_cycles_leak_no_workers() {
+    const WORKERS: usize = 4;
+    let slapd = Slapd::start_default();
+    let v = Valkey::builder().start();
+    acl_setuser(&v, "alice");
+    let pid = v.pid();
+    let baseline = thread_names(pid).len();
+    let mut c = v.raw();
+
+    for cycle in 0..20 {
+        let r = module_load(&mut c, &slapd.url(), &["workers", &WORKERS.to_string()]);
+        assert!(r.is_ok(), "cycle {cycle}: MODULE LOAD: {r}\n{}", v.log());
+        assert_eq!(
+            wait_for(WORKERS, || worker_threads(pid)),
+            WORKERS,
+            "cycle {cycle}: {:?}",
+            thread_names(pid)
+        );
+        let r = auth(&v, "alice", ALICE.password);
+        assert!(r.is_ok(), "cycle {cycle}: AUTH: {r}\n{}", v.log());
+        // Counters start from zero on every load.
+        assert_eq!(info_field(&v, "allowed"), 1, "cycle {cycle}");
+        let r = auth(&v, "alice", "wrong");
+        assert_eq!(r.error(), Some(WRONGPASS), "cycle {cycle}: {r}");
+
+        let r = module_unload(&mut c);
+        assert!(r.is_ok(), "cycle {cycle}: MODULE UNLOAD: {r}\n{}", v.log());
+        // Unload joins the workers before it returns (the kernel may list a joined thread
+        // for a moment longer, hence the short poll).
+        assert_eq!(
+            wait_for(0, || worker_threads(pid)),
+            0,
+            "cycle {cycle}: {:?}",
+            thread_names(pid)
+        );
+        // Without the module, alice (no local password) cannot log in.
+        assert_eq!(auth(&v, "alice", ALICE.password).error(), Some(WRONGPASS));
+    }
+
+    assert_eq!(wait_for(0, || worker_threads(pid)), 0);
+    let after = wait_for(baseline, || thread_names(pid).len());
+    assert!(
+        after <= baseline + 1,
+        "threads: {baseline} before, {after} after: {:?}",
+        thread_names(pid)
+    );
+    assert_eq!(
+        info_section(&v)
+            .lines()
+            .filter(|l| l.starts_with("valkeyauth_"))
+            .count(),
+        0
+    );
+    assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_no_crash(&v.log());
+}
+
+#[test]
+fn redis_7_0_refuses_to_load_with_one_clear_line() {
+    let log = Valkey::builder()
+        .version(Version::Redis7_0)
+        .module(["servers", "ldap://127.0.0.1:389"])
+        .start_expect_failure();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("module authentication API"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("valkeyauth"), "{}", lines[0]);
+    assert_no_crash(&log);
+
+    // The same at run time: MODULE LOAD fails, the server goes on.
+    let v = Valkey::builder().version(Version::Redis7_0).start();
+    let mut c = v.raw();
+    let r = module_load(&mut c, "ldap://127.0.0.1:389", &[]);
+    assert!(r.error().is_some(), "MODULE LOAD on Redis 7.0: {r}");
+    assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
+    let log = v.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("module authentication API"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_no_crash(&log);
+}
+
+#[test]
+fn valkey_8_1_smoke() {
+    let slapd = Slapd::start_default();
+    let v = Valkey::builder()
+        .version(Version::V8_1)
+        .module(["servers", &slapd.url(), "bind_dn_suffix", BIND_SUFFIX])
+        .start();
+    acl_setuser(&v, "alice");
+    let mut c = v.raw();
+    let hello = c.call(&[b"HELLO", b"3"]);
+    let version = hello
+        .get("version")
+        .and_then(Reply::text)
+        .unwrap_or_default();
+    assert!(version.starts_with("8.1."), "{hello:?}");
+
+    assert!(auth(&v, "alice", ALICE.password).is_ok());
+    assert_eq!(auth(&v, "alice", "wrong").error(), Some(WRONGPASS));
+    let r = v.raw().hello3_auth(b"alice", ALICE.password.as_bytes());
+    assert_eq!(r.get("proto"), Some(&Reply::Int(3)), "{r:?}");
+
+    let r = c.call(&[b"CONFIG", b"SET", b"valkeyauth.workers", b"3"]);
+    assert!(r.is_ok(), "{r}");
+    let r = c.call(&[b"CONFIG", b"GET", b"valkeyauth.workers"]);
+    assert_eq!(
+        r.get("valkeyauth.workers").and_then(Reply::text).as_deref(),
+        Some("3")
+    );
+    let r = c.call(&[b"CONFIG", b"SET", b"valkeyauth.workers", b"0"]);
+    assert!(r.error().is_some(), "{r}");
+    assert_eq!(info_field(&v, "workers"), 3);
+    assert!(auth(&v, "alice", ALICE.password).is_ok());
+
+    let pid = v.pid();
+    for cycle in 0..3 {
+        let r = module_unload(&mut c);
+        assert!(r.is_ok(), "cycle {cycle}: MODULE UNLOAD: {r}\n{}", v.log());
+        assert_eq!(wait_for(0, || worker_threads(pid)), 0, "cycle {cycle}");
+        let r = module_load(&mut c, &slapd.url(), &[]);
+        assert!(r.is_ok(), "cycle {cycle}: MODULE LOAD: {r}\n{}", v.log());
+        assert!(auth(&v, "alice", ALICE.password).is_ok(), "cycle {cycle}");
+        assert_eq!(
+            auth(&v, "alice", "wrong").error(),
+            Some(WRONGPASS),
+            "cycle {cycle}"
+        );
+    }
+    assert_no_crash(&v.log());
+}
+
+#[test]
+fn unload_is_refused_while_a_client_waits_on_the_directory() {
+    let mut slapd = Slapd::start_default();
+    let v = Valkey::builder()
+        .module([
+            "servers",
+            &slapd.url(),
+            "bind_dn_suffix",
+            BIND_SUFFIX,
+            "operation_timeout_ms",
+            "1500",
+        ])
+        .start();
+    acl_setuser(&v, "alice");
+    let pid = v.pid();
+    let mut c = v.raw();
+    let blocked = |c: &mut RawClient| -> u64 {
+        let info = c.call(&[b"INFO", b"clients"]).text().expect("INFO clients");
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("blocked_clients")
+    };
+    slapd.freeze();
+
+    // A client still connected when its answer comes.
+    let mut waiting = v.raw();
+    waiting
+        .send(&[b"AUTH", b"alice", ALICE.password.as_bytes()])
+        .unwrap();
+    assert_eq!(wait_for(1, || blocked(&mut c)), 1, "the AUTH never blocked");
+    let r = module_unload(&mut c);
+    assert!(
+        r.error().is_some_and(|e| e.contains("blocked clients")),
+        "MODULE UNLOAD while blocked: {r}"
+    );
+    assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(waiting.read().error(), Some(UNAVAILABLE));
+    assert_eq!(wait_for(0, || blocked(&mut c)), 0);
+    let r = module_unload(&mut c);
+    assert!(r.is_ok(), "MODULE UNLOAD after the AUTH finished: {r}");
+    assert_eq!(wait_for(0, || worker_threads(pid)), 0);
+
+    // A client that leaves while its AUTH waits: unload is still refused until the worker is
+    // done with it, and nothing of the module runs afterwards.
+    let r = module_load(&mut c, &slapd.url(), &["operation_timeout_ms", "1500"]);
+    assert!(r.is_ok(), "{r}");
+    let mut leaving = v.raw();
+    leaving
+        .send(&[b"AUTH", b"alice", ALICE.password.as_bytes()])
+        .unwrap();
+    assert_eq!(wait_for(1, || blocked(&mut c)), 1, "the AUTH never blocked");
+    drop(leaving);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refusals = 0;
+    loop {
+        let r = module_unload(&mut c);
+        if r.is_ok() {
+            break;
+        }
+        assert!(
+            r.error().is_some_and(|e| e.contains("blocked clients")),
+            "{r}"
+        );
+        refusals += 1;
+        assert!(
+            Instant::now() < deadline,
+            "MODULE UNLOAD still refused: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        refusals >= 1,
+        "unload was not refused while the worker held the AUTH"
+    );
+    assert_eq!(wait_for(0, || worker_threads(pid)), 0);
+
+    slapd.thaw();
+    // Without the module, Valkey answers as usual.
+    assert_eq!(auth(&v, "alice", ALICE.password).error(), Some(WRONGPASS));
+    assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_no_crash(&v.log());
+}
+
+#[test]
+fn shutdown_while_a_client_waits_on_the_directory_is_prompt() {
+    let mut slapd = Slapd::start_default();
+    let mut v = Valkey::builder()
+        .module([
+            "servers",
+            &slapd.url(),
+            "bind_dn_suffix",
+            BIND_SUFFIX,
+            "operation_timeout_ms",
+            "3000",
+        ])
+        .start();
+    acl_setuser(&v, "alice");
+    slapd.freeze();
+    let mut waiting = v.raw();
+    waiting
+        .send(&[b"AUTH", b"alice", ALICE.password.as_bytes()])
+        .unwrap();
+    let mut c = v.raw();
+    let blocked = wait_for(true, || {
+        let info = c.call(&[b"INFO", b"clients"]).text().unwrap_or_default();
+        info.contains("blocked_clients:1")
+    });
+    assert!(blocked, "the AUTH never blocked");
+    drop(c);
+
+    let t = Instant::now();
+    let status = v.stop();
+    let took = t.elapsed();
+    assert!(
+        status.success(),
+        "valkey-server exited with {status}\n{}",
+        v.log()
+    );
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert_no_crash(&v.log());
+    // The waiting client was disconnected, not left hanging.
+    assert!(waiting.try_read_timeout(Duration::from_secs(5)).is_err());
+    slapd.thaw();
+}
