@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ldap::{Scope, Timeouts};
@@ -40,7 +41,9 @@ pub struct Settings {
     pub search_filter: String,
     pub search_attribute: String,
     pub search_bind_dn: String,
-    pub search_bind_password: Option<Secret>,
+    /// Read when a worker binds its search connection, so a rotated password is picked up
+    /// at the next reconnect.
+    pub search_bind_passwd_file: Option<PathBuf>,
     pub workers: usize,
     pub max_pending: usize,
     pub timeouts: Timeouts,
@@ -85,7 +88,7 @@ impl Settings {
             search_filter: String::new(),
             search_attribute: String::new(),
             search_bind_dn: String::new(),
-            search_bind_password: None,
+            search_bind_passwd_file: None,
             workers: 1,
             max_pending: 1,
             timeouts: Timeouts {
@@ -106,6 +109,8 @@ pub enum Parser {
         max: u64,
         set: fn(&mut Settings, u64),
     },
+    /// A path to a secret file: read and checked when set, then read again when used.
+    File(fn(&mut Settings, &str)),
     /// The setter receives the index of the matched choice.
     Choice {
         choices: &'static [&'static str],
@@ -125,6 +130,10 @@ impl OptionSpec {
     pub fn apply(&self, settings: &mut Settings, value: &str) -> Result<(), String> {
         match &self.parser {
             Parser::Text(set) => set(settings, value),
+            Parser::File(set) => {
+                set(settings, value);
+                Ok(())
+            }
             Parser::Number { min, max, set } => {
                 let n = value
                     .trim()
@@ -148,6 +157,9 @@ impl OptionSpec {
 
     /// Checks a value without keeping it.
     pub fn validate(&self, value: &str) -> Result<(), String> {
+        if let (Parser::File(_), false) = (&self.parser, value.is_empty()) {
+            read_password_file(Path::new(value))?;
+        }
         self.apply(&mut Settings::blank(), value)
     }
 
@@ -155,6 +167,7 @@ impl OptionSpec {
     pub fn type_doc(&self) -> String {
         match &self.parser {
             Parser::Text(_) => "string".to_owned(),
+            Parser::File(_) => "path".to_owned(),
             Parser::Number { min, max, .. } => format!("number {min}–{max}"),
             Parser::Choice { choices, .. } => format!("`{}`", choices.join("` \\| `")),
         }
@@ -258,9 +271,8 @@ pub static OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "search_bind_passwd_file",
         default: "",
-        parser: Parser::Text(|s, v| {
-            s.search_bind_password = read_password_file(v)?;
-            Ok(())
+        parser: Parser::File(|s, v| {
+            s.search_bind_passwd_file = (!v.is_empty()).then(|| PathBuf::from(v));
         }),
         doc: "Search+bind: a file holding the service account's password (one trailing newline \
               ignored; must not be world-readable). There is deliberately no password option: \
@@ -425,15 +437,16 @@ fn parse_attribute(v: &str) -> Result<String, String> {
     Ok(v.to_owned())
 }
 
-fn read_password_file(path: &str) -> Result<Option<Secret>, String> {
-    if path.is_empty() {
-        return Ok(None);
-    }
-    let meta = fs::metadata(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
+/// Reads a service password: one trailing newline dropped; refused when empty or world-readable.
+pub fn read_password_file(path: &Path) -> Result<Secret, String> {
+    let path_text = path.display();
+    let meta = fs::metadata(path).map_err(|e| format!("cannot read '{path_text}': {e}"))?;
     if meta.permissions().mode() & 0o004 != 0 {
-        return Err(format!("'{path}' is readable by every user; chmod 600 it"));
+        return Err(format!(
+            "'{path_text}' is readable by every user; chmod 600 it"
+        ));
     }
-    let mut bytes = fs::read(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
+    let mut bytes = fs::read(path).map_err(|e| format!("cannot read '{path_text}': {e}"))?;
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
@@ -444,9 +457,9 @@ fn read_password_file(path: &str) -> Result<Option<Secret>, String> {
     bytes.fill(0);
     if secret.is_empty() {
         // An empty password turns the service bind into an unauthenticated bind.
-        return Err(format!("'{path}' holds an empty password"));
+        return Err(format!("'{path_text}' holds an empty password"));
     }
-    Ok(Some(secret))
+    Ok(secret)
 }
 
 #[cfg(test)]
@@ -455,7 +468,9 @@ mod tests {
 
     fn set(name: &str, value: &str) -> Result<Settings, String> {
         let mut s = Settings::defaults();
-        OPTIONS[OptionSpec::index_of(name).unwrap()].apply(&mut s, value)?;
+        let spec = &OPTIONS[OptionSpec::index_of(name).unwrap()];
+        spec.validate(value)?;
+        spec.apply(&mut s, value)?;
         Ok(s)
     }
 
@@ -546,7 +561,12 @@ mod tests {
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
         let path = file.to_str().unwrap();
         let s = set("search_bind_passwd_file", path).unwrap();
-        assert_eq!(s.search_bind_password.unwrap().expose(), b"s3cret");
+        assert_eq!(
+            read_password_file(&s.search_bind_passwd_file.unwrap())
+                .unwrap()
+                .expose(),
+            b"s3cret"
+        );
 
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(set("search_bind_passwd_file", path)
@@ -562,13 +582,31 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The README's option table is generated from OPTIONS; with VALKEYAUTH_UPDATE_README set,
+    /// this test rewrites it instead of failing.
     #[test]
     fn readme_table_is_generated_from_the_declarations() {
-        let readme = include_str!("../README.md");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- options:begin", "<!-- options:end -->");
+        let start = readme
+            .find(begin)
+            .expect("README has the options:begin marker");
+        let start = start + readme[start..].find('\n').unwrap() + 1;
+        let stop = readme.find(end).expect("README has the options:end marker");
+        if readme[start..stop] == markdown_table() {
+            return;
+        }
         assert!(
-            readme.contains(&markdown_table()),
-            "README option table is stale; paste this:\n{}",
-            markdown_table()
+            std::env::var_os("VALKEYAUTH_UPDATE_README").is_some(),
+            "README option table is stale: run VALKEYAUTH_UPDATE_README=1 cargo test --lib readme"
         );
+        let updated = format!(
+            "{}{}{}",
+            &readme[..start],
+            markdown_table(),
+            &readme[stop..]
+        );
+        fs::write(path, updated).unwrap();
     }
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{AuthMode, Settings};
+use crate::config::{read_password_file, AuthMode, Settings};
 use crate::escape;
 use crate::ldap::{Connection, LdapError, ResultCode};
 use crate::secret::Secret;
@@ -290,12 +290,16 @@ fn run<T>(
 /// Binds a fresh search connection as the service account; with no account, searches run
 /// anonymously.
 fn bind_service(conn: &mut Connection, settings: &Settings) -> Result<(), LdapError> {
-    match &settings.search_bind_password {
-        Some(password) if !settings.search_bind_dn.is_empty() => {
-            conn.simple_bind(&settings.search_bind_dn, password.expose())
-        }
-        _ => Ok(()),
-    }
+    let (Some(file), false) = (
+        &settings.search_bind_passwd_file,
+        settings.search_bind_dn.is_empty(),
+    ) else {
+        return Ok(());
+    };
+    // Not a transport error: another server would not make the file readable.
+    let password =
+        read_password_file(file).map_err(|e| LdapError::new(ResultCode::PARAM_ERROR, e))?;
+    conn.simple_bind(&settings.search_bind_dn, password.expose())
 }
 
 fn bind_failure(url: &str, e: &LdapError) -> Attempt {

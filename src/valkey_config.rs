@@ -31,25 +31,26 @@ unsafe impl Send for Values {}
 
 static VALUES: Mutex<Values> = Mutex::new(Values(Vec::new()));
 
-/// Registers every option, loads the values from valkey.conf, then applies `loadmodule`
-/// arguments (`name value` pairs), which take precedence.
+/// Registers every option and loads the values from valkey.conf. `loadmodule` arguments
+/// (`name value` pairs) replace the built-in defaults, so a `valkeyauth.*` line, which is what
+/// CONFIG REWRITE writes, wins over them.
 pub fn load(ctx: &Context, args: &[ValkeyString]) -> Result<Settings, String> {
     clear();
-    VALUES.lock().0 = OPTIONS
+    let defaults = defaults_with_args(args)?;
+    VALUES.lock().0 = defaults
         .iter()
-        .map(|o| Value {
-            text: o.default.to_owned(),
+        .map(|text| Value {
+            text: text.clone(),
             shown: ptr::null_mut(),
         })
         .collect();
-    for (index, spec) in OPTIONS.iter().enumerate() {
-        register(ctx, index, spec)?;
+    for (index, default) in defaults.iter().enumerate() {
+        register(ctx, index, default)?;
     }
     // SAFETY: called from OnLoad with its context, after every config of ours is registered.
     if unsafe { raw::RedisModule_LoadConfigs.ok_or("no LoadConfigs API")?(ctx.ctx) } != OK {
         return Err("valkey.conf holds an invalid valkeyauth option (see above)".to_owned());
     }
-    apply_args(args)?;
     current()
 }
 
@@ -60,9 +61,10 @@ pub fn clear() {
     }
 }
 
-fn register(ctx: &Context, index: usize, spec: &OptionSpec) -> Result<(), String> {
+fn register(ctx: &Context, index: usize, default: &str) -> Result<(), String> {
+    let spec = &OPTIONS[index];
     let name = CString::new(spec.name).map_err(|e| e.to_string())?;
-    let default = CString::new(spec.default).map_err(|e| e.to_string())?;
+    let default = CString::new(default).map_err(|e| e.to_string())?;
     // SAFETY: reads a function pointer that module init filled in.
     let register =
         unsafe { raw::RedisModule_RegisterStringConfig }.ok_or("no RegisterStringConfig API")?;
@@ -86,17 +88,24 @@ fn register(ctx: &Context, index: usize, spec: &OptionSpec) -> Result<(), String
     Ok(())
 }
 
-fn apply_args(args: &[ValkeyString]) -> Result<(), String> {
+/// The default of every option, with the `loadmodule` arguments applied.
+fn defaults_with_args(args: &[ValkeyString]) -> Result<Vec<String>, String> {
     if !args.len().is_multiple_of(2) {
         return Err("module arguments must be <name> <value> pairs".to_owned());
     }
+    let mut defaults: Vec<String> = OPTIONS.iter().map(|o| o.default.to_owned()).collect();
     for pair in args.chunks(2) {
         let name = String::from_utf8_lossy(pair[0].as_slice());
         let index = OptionSpec::index_of(&name)
             .ok_or_else(|| format!("unknown module argument '{}'", name.escape_debug()))?;
-        store(index, pair[1].as_slice(), None).map_err(|e| format!("{name}: {e}"))?;
+        let value = std::str::from_utf8(pair[1].as_slice())
+            .map_err(|_| format!("{name}: must be UTF-8 text"))?;
+        OPTIONS[index]
+            .validate(value)
+            .map_err(|e| format!("{name}: {e}"))?;
+        defaults[index] = value.to_owned();
     }
-    Ok(())
+    Ok(defaults)
 }
 
 /// The snapshot of the values stored now.
@@ -105,26 +114,14 @@ fn current() -> Result<Settings, String> {
     Settings::from_values(&texts)
 }
 
-/// Validates and stores a value. `shown` is Valkey's own string for it, when it has one.
-fn store(
-    index: usize,
-    bytes: &[u8],
-    shown: Option<*mut raw::RedisModuleString>,
-) -> Result<(), String> {
-    let spec = &OPTIONS[index];
+/// Validates and stores a value; `shown` is the string Valkey passed to the set callback.
+fn store(index: usize, shown: *mut raw::RedisModuleString) -> Result<(), String> {
+    let bytes = ValkeyString::string_as_slice(shown);
     let text = std::str::from_utf8(bytes).map_err(|_| "must be UTF-8 text".to_owned())?;
-    spec.validate(text)?;
-    let shown = match shown {
-        Some(s) => {
-            // SAFETY: `s` is the live string Valkey passed to the set callback; retaining it
-            // makes it ours until we free it.
-            unsafe {
-                raw::RedisModule_RetainString.ok_or("no RetainString API")?(ptr::null_mut(), s)
-            };
-            s
-        }
-        None => create_string(text),
-    };
+    OPTIONS[index].validate(text)?;
+    // SAFETY: `shown` is the live string Valkey passed to the set callback; retaining it makes
+    // it ours until we free it.
+    unsafe { raw::RedisModule_RetainString.ok_or("no RetainString API")?(ptr::null_mut(), shown) };
     let mut values = VALUES.lock();
     let value = &mut values.0[index];
     free(std::mem::replace(&mut value.shown, shown));
@@ -173,11 +170,8 @@ extern "C" fn set_config(
     privdata: *mut c_void,
     err: *mut *mut raw::RedisModuleString,
 ) -> c_int {
-    let result = std::panic::catch_unwind(|| {
-        let bytes = ValkeyString::string_as_slice(val);
-        store(privdata as usize, bytes, Some(val))
-    })
-    .unwrap_or_else(|_| Err("internal error".to_owned()));
+    let result = std::panic::catch_unwind(|| store(privdata as usize, val))
+        .unwrap_or_else(|_| Err("internal error".to_owned()));
     match result {
         Ok(()) => OK,
         Err(message) => {
