@@ -8,7 +8,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# --check uses its own folder, so that it never stops a demo left running.
 STATE="$ROOT/.tmp/demo"
+[ "${1:-}" = "--check" ] && STATE="$ROOT/.tmp/demo-check"
 VALKEY_SERVER="$ROOT/tools/valkey-9.1/valkey-server"
 VALKEY_CLI="$ROOT/tools/valkey-8.1/valkey-cli"
 MODULE="$ROOT/target/release/libvalkeyauth.so"
@@ -127,8 +129,10 @@ Both servers are running:
 
 Try:
   $VALKEY_CLI -p $VALKEY_PORT
-  127.0.0.1:$VALKEY_PORT> AUTH bob bob-pw
+  127.0.0.1:$VALKEY_PORT> AUTH alice alice-pw
   127.0.0.1:$VALKEY_PORT> INFO valkeyauth
+  127.0.0.1:$VALKEY_PORT> AUTH bob bob-pw
+  127.0.0.1:$VALKEY_PORT> GET greeting          (bob may read, not write)
 
 Stop them with:  scripts/demo.sh --stop
 EOF

@@ -7,6 +7,7 @@
 
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use valkey_module::{
     raw, BlockedClient, Context, ContextFlags, Status, ValkeyError, ValkeyString, AUTH_HANDLED,
@@ -53,15 +54,20 @@ pub fn on_auth(
     username: ValkeyString,
     password: ValkeyString,
 ) -> Result<c_int, ValkeyError> {
-    guarded(|| begin(ctx, username.as_slice(), password.as_slice()))
+    guarded(|| begin(ctx, &username, password.as_slice()))
 }
 
-fn begin(ctx: &Context, username: &[u8], password: &[u8]) -> Result<c_int, ValkeyError> {
+fn begin(
+    ctx: &Context,
+    username_string: &ValkeyString,
+    password: &[u8],
+) -> Result<c_int, ValkeyError> {
+    let username = username_string.as_slice();
     let guard = RUNTIME.lock();
     let Some(runtime) = guard.as_ref() else {
         return Ok(AUTH_NOT_HANDLED);
     };
-    let settings = &runtime.settings;
+    let settings = &runtime.generation.settings;
     if !settings.is_active() {
         return Ok(AUTH_NOT_HANDLED);
     }
@@ -75,10 +81,15 @@ fn begin(ctx: &Context, username: &[u8], password: &[u8]) -> Result<c_int, Valke
         return Err(ValkeyError::Str(IN_MULTI));
     }
     let fallback = settings.local_fallback;
-    let request = match Request::new(settings.clone(), username, password) {
+    let request = match Request::new(Arc::clone(&runtime.generation), username, password) {
         Ok(request) => request,
         Err(outcome) => return conclude(outcome, fallback),
     };
+    // Without an ACL user the login cannot succeed: asking the directory would only let clients
+    // guess (or lock out) directory accounts that were never meant for Valkey.
+    if !acl_user_exists(username_string) {
+        return conclude(Outcome::NoAclUser, fallback);
+    }
     if runtime.pool.is_full() {
         return conclude(Outcome::Busy, fallback);
     }
@@ -104,7 +115,7 @@ fn deliver(job: Job, outcome: Outcome) {
     } = job;
     let verdict = Verdict {
         outcome,
-        fallback: request.settings.local_fallback,
+        fallback: request.generation.settings.local_fallback,
     };
     // The password is wiped before the client can run again.
     drop(request);
@@ -134,6 +145,29 @@ fn on_reply(
 }
 
 fn on_free(_ctx: &Context, _verdict: Verdict) {}
+
+fn acl_user_exists(username: &ValkeyString) -> bool {
+    // SAFETY: reads function pointers that module init filled in; nothing writes them after.
+    let (get, free) = unsafe {
+        (
+            raw::RedisModule_GetModuleUserFromUserName,
+            raw::RedisModule_FreeModuleUser,
+        )
+    };
+    let (Some(get), Some(free)) = (get, free) else {
+        return false;
+    };
+    // SAFETY: main thread; `username` is a live string. The call returns a new handle to an
+    // existing ACL user, or NULL when there is none.
+    let user = unsafe { get(username.inner) };
+    if user.is_null() {
+        return false;
+    }
+    // SAFETY: `user` came from GetModuleUserFromUserName; freeing it frees only the handle,
+    // never the ACL user itself.
+    unsafe { free(user) };
+    true
+}
 
 /// Counts the outcome and turns it into the answer Valkey expects from an auth callback.
 fn conclude(outcome: Outcome, fallback: LocalFallback) -> Result<c_int, ValkeyError> {

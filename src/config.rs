@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ldap::{Scope, Timeouts};
+use crate::ldap::{RequireCert, Scope, Timeouts, TlsSettings, TlsVersion};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub enum LocalFallback {
     Always,
 }
 
+pub const TLS_NEVER_WARNING: &str = "valkeyauth: WARNING: tls_require_cert is never: directory \
+     server certificates are NOT checked, so anyone on the network path can read passwords";
+
 /// An immutable snapshot of the configuration, rebuilt on every change.
 #[derive(Debug)]
 pub struct Settings {
@@ -46,7 +49,14 @@ pub struct Settings {
     pub search_bind_passwd_file: Option<PathBuf>,
     pub workers: usize,
     pub max_pending: usize,
+    /// Per step: opening a connection, one bind or search.
     pub timeouts: Timeouts,
+    /// The most one AUTH waits, queueing included.
+    pub auth_timeout: Duration,
+    /// Connections idle longer than this are replaced before use.
+    pub connection_max_idle: Duration,
+    pub health_check_interval: Duration,
+    pub tls: TlsSettings,
     pub exempt_users: Vec<String>,
     pub local_fallback: LocalFallback,
 }
@@ -95,6 +105,10 @@ impl Settings {
                 connect: Duration::ZERO,
                 operation: Duration::ZERO,
             },
+            auth_timeout: Duration::ZERO,
+            connection_max_idle: Duration::ZERO,
+            health_check_interval: Duration::ZERO,
+            tls: TlsSettings::default(),
             exempt_users: Vec::new(),
             local_fallback: LocalFallback::Never,
         }
@@ -319,14 +333,116 @@ pub static OPTIONS: &[OptionSpec] = &[
         doc: "Limit for one bind or search.",
     },
     OptionSpec {
+        name: "auth_timeout_ms",
+        default: "10000",
+        parser: Parser::Number {
+            min: 1,
+            max: 600_000,
+            set: |s, n| s.auth_timeout = Duration::from_millis(n),
+        },
+        doc: "The most one AUTH waits, queueing included; then the client gets the outage error \
+              and nothing more is sent for that AUTH.",
+    },
+    OptionSpec {
+        name: "connection_max_idle_s",
+        default: "600",
+        parser: Parser::Number {
+            min: 1,
+            max: 86_400,
+            set: |s, n| s.connection_max_idle = Duration::from_secs(n),
+        },
+        doc: "A directory connection idle this long is replaced before its next use, before a \
+              server or firewall drops it (Active Directory drops idle connections after 900 s).",
+    },
+    OptionSpec {
+        name: "health_check_interval_ms",
+        default: "1000",
+        parser: Parser::Number {
+            min: 10,
+            max: 600_000,
+            set: |s, n| s.health_check_interval = Duration::from_millis(n),
+        },
+        doc: "How often the health checker probes servers marked down; one that answers is used \
+              again (fail-back to a higher-priority server included).",
+    },
+    OptionSpec {
+        name: "use_starttls",
+        default: "no",
+        parser: Parser::Choice {
+            choices: &["no", "yes"],
+            set: |s, i| s.tls.starttls = i == 1,
+        },
+        doc: "Upgrade `ldap://` connections with StartTLS. If it fails the connection is dropped \
+              and nothing is sent on it; there is no plaintext fallback.",
+    },
+    OptionSpec {
+        name: "tls_ca_cert_path",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.tls.ca_path = optional_path(v)?;
+            Ok(())
+        }),
+        doc: "CA bundle file (every certificate in it is trusted) or directory of hashed CA \
+              certificates. Empty: the system's default trust store.",
+    },
+    OptionSpec {
+        name: "tls_cert_path",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.tls.cert_path = optional_path(v)?;
+            Ok(())
+        }),
+        doc: "Client certificate (PEM), for servers that require one.",
+    },
+    OptionSpec {
+        name: "tls_key_path",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.tls.key_path = optional_path(v)?;
+            Ok(())
+        }),
+        doc: "Key of the client certificate (PEM).",
+    },
+    OptionSpec {
+        name: "tls_require_cert",
+        default: "demand",
+        parser: Parser::Choice {
+            choices: &["never", "allow", "try", "demand"],
+            set: |s, i| {
+                s.tls.require_cert = [
+                    RequireCert::Never,
+                    RequireCert::Allow,
+                    RequireCert::Try,
+                    RequireCert::Demand,
+                ][i]
+            },
+        },
+        doc: "Server certificate check, as libldap defines the levels. `demand` checks the chain \
+              and the host name in the URL. `never` turns checking off and is logged as a warning \
+              at load and on every configuration change.",
+    },
+    OptionSpec {
+        name: "tls_min_version",
+        default: "1.2",
+        parser: Parser::Choice {
+            choices: &["1.2", "1.3"],
+            set: |s, i| s.tls.min_version = [TlsVersion::V1_2, TlsVersion::V1_3][i],
+        },
+        doc: "Lowest TLS version accepted.",
+    },
+    OptionSpec {
         name: "exempt_users",
         default: "default",
         parser: Parser::Text(|s, v| {
-            s.exempt_users = v.split_whitespace().map(str::to_owned).collect();
+            s.exempt_users = v
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
             Ok(())
         }),
-        doc: "Space-separated Valkey users the module never handles; they log in with their \
-              Valkey passwords.",
+        doc: "Valkey users the module never handles, space- or comma-separated; they log in \
+              with their Valkey passwords.",
     },
     OptionSpec {
         name: "local_fallback",
@@ -375,55 +491,101 @@ fn plain_text(v: &str) -> Result<String, String> {
     Ok(v.to_owned())
 }
 
+fn optional_path(v: &str) -> Result<Option<PathBuf>, String> {
+    let v = plain_text(v)?;
+    Ok((!v.is_empty()).then(|| PathBuf::from(v)))
+}
+
 fn parse_servers(v: &str) -> Result<Vec<String>, String> {
     let v = plain_text(v)?;
     v.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|url| !url.is_empty())
-        .map(|url| {
-            let lower = url.to_ascii_lowercase();
-            let rest = ["ldap://", "ldaps://", "ldapi://"]
-                .iter()
-                .find_map(|scheme| lower.strip_prefix(scheme))
-                .ok_or_else(|| {
-                    format!("'{url}' is not an LDAP URL (ldap://, ldaps:// or ldapi://)")
-                })?;
-            if rest.trim_end_matches('/').contains('/') {
-                return Err(format!(
-                    "'{url}' must name only a server, not a DN or options"
-                ));
-            }
-            Ok(url.to_owned())
-        })
+        .map(|url| check_server_url(url).map(|()| url.to_owned()))
         .collect()
 }
 
-fn parse_filter(v: &str) -> Result<String, String> {
-    let v = plain_text(v.trim())?;
-    let inner = match v.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
-        Some(inner) if balanced(inner) => inner,
-        _ => &v,
-    };
-    if inner.is_empty() || !balanced(inner) {
-        return Err("must be a non-empty LDAP filter with balanced parentheses".to_owned());
+/// Accepts `ldap[s]://host[:port][/]` and `ldapi://<socket path>`: only a server, so that no
+/// DN, credentials or extensions hide in a URL.
+fn check_server_url(url: &str) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("ldapi://") {
+        return Ok(());
     }
-    Ok(inner.to_owned())
+    let rest = ["ldap://", "ldaps://"]
+        .iter()
+        .find_map(|scheme| lower.strip_prefix(scheme))
+        .ok_or_else(|| format!("'{url}' is not an LDAP URL (ldap://, ldaps:// or ldapi://)"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '@']) {
+        return Err(format!(
+            "'{url}' must name only a server: no DN, options or credentials"
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("'{url}' must name a host"));
+    }
+    if let Some(port) = port {
+        port.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("'{url}' has an invalid port"))?;
+    }
+    Ok(())
 }
 
-/// True when no prefix closes more parentheses than it opened and the counts match.
-/// An escaped parenthesis in a filter value is written `\28`/`\29`, so it never appears raw.
-fn balanced(s: &str) -> bool {
-    let mut depth = 0i32;
-    for c in s.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            _ => {}
+/// Accepts one RFC 4515 filter, with or without its outer parentheses, and stores it without
+/// them.
+fn parse_filter(v: &str) -> Result<String, String> {
+    let v = plain_text(v.trim())?;
+    let wrapped = if v.starts_with('(') {
+        v
+    } else {
+        format!("({v})")
+    };
+    match filter_end(wrapped.as_bytes(), 0) {
+        Some(end) if end == wrapped.len() => Ok(wrapped[1..end - 1].to_owned()),
+        _ => Err("must be one LDAP filter, e.g. objectClass=person or (&(a=b)(c=d))".to_owned()),
+    }
+}
+
+/// The index just past the filter that starts at `at`, if one does. Values are not checked
+/// beyond having no raw parentheses: RFC 4515 escapes those as \28 and \29.
+fn filter_end(s: &[u8], at: usize) -> Option<usize> {
+    if s.get(at) != Some(&b'(') {
+        return None;
+    }
+    let mut i = at + 1;
+    match s.get(i)? {
+        b'&' | b'|' => {
+            i += 1;
+            let first = i;
+            while s.get(i) == Some(&b'(') {
+                i = filter_end(s, i)?;
+            }
+            if i == first {
+                return None;
+            }
         }
-        if depth < 0 {
-            return false;
+        b'!' => i = filter_end(s, i + 1)?,
+        _ => {
+            let len = s[i..].iter().position(|c| matches!(c, b'(' | b')'))?;
+            let item = &s[i..i + len];
+            let eq = item.iter().position(|c| *c == b'=')?;
+            if eq == 0
+                || item[..eq]
+                    .iter()
+                    .all(|c| matches!(c, b'~' | b'<' | b'>' | b':'))
+            {
+                return None;
+            }
+            i += len;
         }
     }
-    depth == 0
+    (s.get(i) == Some(&b')')).then_some(i + 1)
 }
 
 fn parse_attribute(v: &str) -> Result<String, String> {
@@ -501,6 +663,17 @@ mod tests {
         assert!(set("servers", "ldap://a/dc=x").is_err());
         assert!(set("servers", "ldap://a\n").is_err());
         assert!(set("servers", "").unwrap().servers.is_empty());
+        assert!(set("servers", "ldap://[::1]:389 ldaps://h:636/").is_ok());
+        for bad in [
+            "ldap://",
+            "ldap://:389",
+            "ldap://h:99999",
+            "ldap://h:0",
+            "ldap://u:pw@h",
+            "ldap://h/?x",
+        ] {
+            assert!(set("servers", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -538,10 +711,32 @@ mod tests {
             "&(a=b)(c=d)"
         );
         assert_eq!(
-            set("search_filter", "(a=b)(c=d)").unwrap().search_filter,
-            "(a=b)(c=d)"
+            set("search_filter", "(!(a=b))").unwrap().search_filter,
+            "!(a=b)"
         );
-        for bad in ["", "()", "(a=b", "a=b)", ")("] {
+        assert_eq!(
+            set("search_filter", "(&(objectClass=person)(|(ou=a)(ou=b)))")
+                .unwrap()
+                .search_filter,
+            "&(objectClass=person)(|(ou=a)(ou=b))"
+        );
+        assert_eq!(
+            set("search_filter", "cn>=m").unwrap().search_filter,
+            "cn>=m"
+        );
+        let bad = [
+            "",
+            "()",
+            "(a=b",
+            "a=b)",
+            ")(",
+            "(a=b)(c=d)",
+            "(&)",
+            "(=x)",
+            "(abc)",
+            "(&(a=b)x)",
+        ];
+        for bad in bad {
             assert!(set("search_filter", bad).is_err(), "{bad}");
         }
     }

@@ -5,10 +5,12 @@
 //! service account, so an AUTH costs one search and one bind.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::{read_password_file, AuthMode, Settings};
 use crate::escape;
-use crate::ldap::{Connection, LdapError, ResultCode};
+use crate::health::Health;
+use crate::ldap::{Connection, LdapError, ResultCode, Scope, Timeouts};
 use crate::secret::Secret;
 
 /// Longest username accepted, in bytes.
@@ -97,18 +99,36 @@ impl Outcome {
     }
 }
 
+/// One configuration and the health of its servers. A configuration change makes a new one, so
+/// workers reconnect and every server starts as up.
+#[derive(Debug)]
+pub struct Generation {
+    pub settings: Settings,
+    pub health: Health,
+}
+
+impl Generation {
+    pub fn new(settings: Settings) -> Generation {
+        Generation {
+            health: Health::new(settings.servers.len()),
+            settings,
+        }
+    }
+}
+
 /// A checked AUTH, ready for the directory. Only [`Request::new`] makes one, so the engine never
 /// sees an empty password or a username it cannot put into a DN or a filter.
 #[derive(Debug)]
 pub struct Request {
-    pub settings: Arc<Settings>,
+    pub generation: Arc<Generation>,
     username: String,
     password: Secret,
+    deadline: Instant,
 }
 
 impl Request {
     pub fn new(
-        settings: Arc<Settings>,
+        generation: Arc<Generation>,
         username: &[u8],
         password: &[u8],
     ) -> Result<Request, Outcome> {
@@ -124,20 +144,46 @@ impl Request {
         if password.len() > MAX_PASSWORD_LEN {
             return Err(Outcome::PasswordTooLong);
         }
+        let deadline = Instant::now() + generation.settings.auth_timeout;
         Ok(Request {
-            settings,
+            generation,
             username: username.to_owned(),
             password: Secret::new(password),
+            deadline,
         })
     }
 
     pub fn username(&self) -> &str {
         &self.username
     }
+
+    /// The step timeouts, cut to what is left before the deadline; None once it has passed.
+    fn timeouts_left(&self) -> Option<Timeouts> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let configured = &self.generation.settings.timeouts;
+        (!left.is_zero()).then(|| Timeouts {
+            connect: configured.connect.min(left),
+            operation: configured.operation.min(left),
+        })
+    }
 }
 
-/// A connection and the index of the server it talks to.
-type Slot = Option<(usize, Connection)>;
+/// A connection kept between AUTHs.
+struct Pooled {
+    server: usize,
+    conn: Connection,
+    last_used: Instant,
+}
+
+type Slot = Option<Pooled>;
+
+/// Where one step runs, and for how long at most.
+struct Target<'a> {
+    server: usize,
+    url: &'a str,
+    settings: &'a Settings,
+    timeouts: Timeouts,
+}
 
 /// What trying one server gave: a final outcome, or a transport failure that sends the AUTH on
 /// to the next server.
@@ -148,43 +194,55 @@ enum Attempt {
 
 #[derive(Default)]
 pub struct Engine {
-    /// The snapshot the connections below were opened for; held so that `Arc::ptr_eq` cannot
-    /// match a new snapshot allocated at a freed one's address.
-    settings: Option<Arc<Settings>>,
+    /// The generation the connections below were opened for; held so that `Arc::ptr_eq`
+    /// cannot match a new generation allocated at a freed one's address.
+    generation: Option<Arc<Generation>>,
     user: Slot,
     search: Slot,
 }
 
 impl Engine {
     pub fn authenticate(&mut self, request: &Request) -> Outcome {
-        let settings = &request.settings;
+        let generation = &request.generation;
         if !self
-            .settings
+            .generation
             .as_ref()
-            .is_some_and(|s| Arc::ptr_eq(s, settings))
+            .is_some_and(|g| Arc::ptr_eq(g, generation))
         {
             // New configuration: connections made for the old one may point elsewhere.
             self.user = None;
             self.search = None;
-            self.settings = Some(Arc::clone(settings));
+            self.generation = Some(Arc::clone(generation));
         }
+        let settings = &generation.settings;
+        // With every server down, the AUTH fails at once instead of paying timeouts again.
         let mut outage = Outcome::Unreachable;
-        for (index, url) in settings.servers.iter().enumerate() {
-            match self.try_server(settings, index, url, request) {
+        for (server, url) in settings.servers.iter().enumerate() {
+            if !generation.health.is_up(server) {
+                continue;
+            }
+            let Some(timeouts) = request.timeouts_left() else {
+                return Outcome::Timeout;
+            };
+            let target = Target {
+                server,
+                url,
+                settings,
+                timeouts,
+            };
+            match self.try_server(&target, request) {
                 Attempt::Final(outcome) => return outcome,
-                Attempt::NextServer(why) => outage = why,
+                Attempt::NextServer(why) => {
+                    generation.health.mark_down(server);
+                    outage = why;
+                }
             }
         }
         outage
     }
 
-    fn try_server(
-        &mut self,
-        settings: &Settings,
-        index: usize,
-        url: &str,
-        request: &Request,
-    ) -> Attempt {
+    fn try_server(&mut self, target: &Target, request: &Request) -> Attempt {
+        let settings = target.settings;
         let dn = match settings.mode {
             AuthMode::Bind => format!(
                 "{}{}{}",
@@ -192,49 +250,37 @@ impl Engine {
                 escape::dn_value(request.username()),
                 settings.bind_dn_suffix
             ),
-            AuthMode::SearchBind => {
-                match self.find_user(settings, index, url, request.username()) {
-                    Ok(dn) => dn,
-                    Err(attempt) => return attempt,
-                }
-            }
+            AuthMode::SearchBind => match self.find_user(target, request.username()) {
+                Ok(dn) => dn,
+                Err(attempt) => return attempt,
+            },
         };
         let bind = run(
             &mut self.user,
-            index,
-            url,
-            settings,
+            target,
             |_, _| Ok(()),
             |conn| conn.simple_bind(&dn, request.password.expose()),
         );
         match bind {
             Ok(()) => Attempt::Final(Outcome::Allowed),
-            Err(e) => bind_failure(url, &e),
+            Err(e) => bind_failure(target.url, &e),
         }
     }
 
-    /// Search+bind: the DN of the one entry whose search attribute equals the username.
-    fn find_user(
-        &mut self,
-        settings: &Settings,
-        index: usize,
-        url: &str,
-        username: &str,
-    ) -> Result<String, Attempt> {
+    /// Search+bind: the DN of the one entry whose search attribute equals the username. The
+    /// search runs on its own connection, bound as the service account, never on one left bound
+    /// as a user.
+    fn find_user(&mut self, target: &Target, username: &str) -> Result<String, Attempt> {
+        let settings = target.settings;
         let filter = format!(
             "(&({})({}={}))",
             settings.search_filter,
             settings.search_attribute,
             escape::filter_value(username)
         );
-        let found = run(
-            &mut self.search,
-            index,
-            url,
-            settings,
-            bind_service,
-            |conn| conn.search_dns(&settings.search_base, settings.search_scope, &filter, 2),
-        );
+        let found = run(&mut self.search, target, bind_service, |conn| {
+            conn.search_dns(&settings.search_base, settings.search_scope, &filter, 2)
+        });
         match found {
             Ok(mut dns) if dns.len() == 1 => Ok(dns.swap_remove(0)),
             Ok(dns) if dns.is_empty() => Err(Attempt::Final(Outcome::UnknownUser)),
@@ -242,47 +288,52 @@ impl Engine {
                 log::warn!("valkeyauth: more than one entry matches username {username:?}; denied as ambiguous");
                 Err(Attempt::Final(Outcome::AmbiguousUser))
             }
-            Err(e) if e.is_transport() => Err(next_server(url, &e)),
+            Err(e) if e.is_transport() => Err(next_server(target.url, &e)),
             Err(e) => {
-                log::warn!("valkeyauth: user search on {url} failed: {e}");
+                log::warn!("valkeyauth: user search on {} failed: {e}", target.url);
                 Err(Attempt::Final(Outcome::DirectoryError))
             }
         }
     }
 }
 
-/// Runs `op` on the slot's connection to server `index`, opening (and preparing) one if needed.
+/// Runs `op` on the slot's connection to the target server, opening (and preparing) a new one
+/// when there is none, it talks to another server, or it sat idle too long.
 /// A transport error on a reused connection usually means the server or a firewall dropped it
 /// while idle: the step is retried once on a fresh connection. A timeout is not retried, since
 /// the server may have processed the request.
 fn run<T>(
     slot: &mut Slot,
-    index: usize,
-    url: &str,
-    settings: &Settings,
+    target: &Target,
     prepare: fn(&mut Connection, &Settings) -> Result<(), LdapError>,
     mut op: impl FnMut(&mut Connection) -> Result<T, LdapError>,
 ) -> Result<T, LdapError> {
-    let reused = matches!(slot, Some((i, _)) if *i == index);
-    if reused {
-        if let Some((_, conn)) = slot.as_mut() {
-            match op(conn) {
-                Err(e) if e.is_transport() && !e.is_timeout() => *slot = None,
-                Err(e) if e.is_transport() => {
-                    *slot = None;
-                    return Err(e);
-                }
-                result => return result,
+    let max_idle = target.settings.connection_max_idle;
+    if let Some(mut pooled) =
+        slot.take_if(|p| p.server == target.server && p.last_used.elapsed() < max_idle)
+    {
+        pooled.conn.set_timeouts(&target.timeouts)?;
+        match op(&mut pooled.conn) {
+            Err(e) if e.is_transport() && !e.is_timeout() => {}
+            Err(e) if e.is_transport() => return Err(e),
+            result => {
+                pooled.last_used = Instant::now();
+                *slot = Some(pooled);
+                return result;
             }
         }
     }
+    // Whatever the slot held is closed here, before a new connection opens.
     *slot = None;
-    let mut conn = Connection::open(url, &settings.timeouts)?;
-    prepare(&mut conn, settings)?;
+    let mut conn = Connection::open(target.url, &target.timeouts, &target.settings.tls)?;
+    prepare(&mut conn, target.settings)?;
     let result = op(&mut conn);
-    match &result {
-        Err(e) if e.is_transport() => {}
-        _ => *slot = Some((index, conn)),
+    if !matches!(&result, Err(e) if e.is_transport()) {
+        *slot = Some(Pooled {
+            server: target.server,
+            conn,
+            last_used: Instant::now(),
+        });
     }
     result
 }
@@ -300,6 +351,20 @@ fn bind_service(conn: &mut Connection, settings: &Settings) -> Result<(), LdapEr
     let password =
         read_password_file(file).map_err(|e| LdapError::new(ResultCode::PARAM_ERROR, e))?;
     conn.simple_bind(&settings.search_bind_dn, password.expose())
+}
+
+/// The health check of one server: connect (with TLS as configured), bind as the service
+/// account or anonymously, and read the root DSE, which every directory (Active Directory
+/// included) offers. Any answer from the server, even a refusal, proves it is up.
+pub fn probe(settings: &Settings, url: &str) -> Result<(), LdapError> {
+    let checked = Connection::open(url, &settings.timeouts, &settings.tls).and_then(|mut conn| {
+        bind_service(&mut conn, settings)?;
+        conn.search_dns("", Scope::Base, "(objectClass=*)", 1)
+    });
+    match checked {
+        Err(e) if e.is_transport() => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn bind_failure(url: &str, e: &LdapError) -> Attempt {
@@ -336,7 +401,7 @@ mod tests {
     use super::*;
 
     fn request(user: &[u8], pass: &[u8]) -> Result<Request, Outcome> {
-        Request::new(Arc::new(Settings::defaults()), user, pass)
+        Request::new(Arc::new(Generation::new(Settings::defaults())), user, pass)
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Safe wrappers over libldap: one owned session handle ([`Connection`]), a
-//! simple bind, a DN-only search, and a typed error ([`LdapError`]).
+//! simple bind, a DN-only search, TLS (`ldaps://` and StartTLS, configured per
+//! handle from [`TlsSettings`]), and a typed error ([`LdapError`]).
 //!
 //! Nothing here knows about Valkey, so it can be tested against a plain slapd.
 //! The C declarations live in `openldap_sys`; every libldap return code becomes
@@ -13,8 +14,10 @@
 
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::ptr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::openldap_sys as sys;
 
@@ -32,6 +35,29 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(2_000_000);
 static KEEPALIVE_IDLE_SECS: c_int = 60;
 static KEEPALIVE_INTERVAL_SECS: c_int = 10;
 static KEEPALIVE_PROBES: c_int = 3;
+
+/// Where [`TlsSettings::ca_path`] `None` looks for the system's CA bundle,
+/// first existing file wins (the Linux list of Go's crypto/x509). Debian's
+/// libldap uses GnuTLS, whose libldap backend trusts nothing unless given a
+/// CA file or directory (Debian's ldap.conf names the bundle for that reason,
+/// and we do not read ldap.conf).
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Arch, Gentoo, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL
+    "/etc/ssl/ca-bundle.pem",             // openSUSE
+    "/etc/pki/tls/cacert.pem",            // OpenELEC
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", // CentOS/RHEL 7+
+    "/etc/ssl/cert.pem",                  // Alpine, BSDs
+];
+
+/// GnuTLS priority strings for [`TlsSettings::min_version`]. libldap 2.5's
+/// GnuTLS backend ignores `LDAP_OPT_X_TLS_PROTOCOL_MIN` (measured: a 1.3
+/// minimum still negotiated TLS 1.2), so the versions are set through the
+/// cipher-suite option, which that backend passes to
+/// `gnutls_priority_init`. "NORMAL" keeps GnuTLS's (and the system policy's)
+/// default algorithms.
+const GNUTLS_PRIORITY_TLS12: &CStr = c"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
+const GNUTLS_PRIORITY_TLS13: &CStr = c"NORMAL:-VERS-ALL:+VERS-TLS1.3";
 
 // ---------------------------------------------------------------------------
 // Result codes and errors
@@ -114,10 +140,54 @@ impl fmt::Display for ResultCode {
 /// `LDAP_OPT_DIAGNOSTIC_MESSAGE` (the server's text, e.g. Active Directory's
 /// `... data 52e ...`), possibly empty; for errors raised in this module before
 /// calling libldap (bad argument, NUL byte in a string) it is our own text.
+///
+/// Errors of the TLS set-up in [`Connection::open`] also carry a
+/// [`TlsFailure`] ([`LdapError::tls_failure`]), which `Display` names first,
+/// e.g. `TLS: certificate verify failed (...): Can't contact LDAP server (-1):
+/// (unknown error code)`.
 #[derive(Debug, Clone)]
 pub struct LdapError {
     pub code: ResultCode,
     pub diagnostic: Vec<u8>,
+    tls: Option<TlsFailure>,
+}
+
+/// Which part of setting up TLS failed (see [`LdapError::tls_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsFailure {
+    /// Our own [`TlsSettings`] cannot be used: a CA, certificate or key path
+    /// is missing or unreadable, only one of certificate and key is set, no
+    /// system CA bundle exists, or libldap could not build a TLS context from
+    /// the files. The same on every server, so **not** a transport failure:
+    /// a configuration error. Code `PARAM_ERROR` (or `NOT_SUPPORTED` for a
+    /// libldap without TLS).
+    Settings,
+    /// The server answered the StartTLS request with an error (e.g. slapd
+    /// without TLS: `PROTOCOL_ERROR` (2) "unsupported extended operation").
+    StartTlsRefused,
+    /// The handshake ran, but libldap refused the server's certificate: not
+    /// signed by a trusted CA, expired or not yet valid, or not issued for the
+    /// host in the URL (subjectAltName; see [`TlsSettings`]).
+    CertificateRejected,
+    /// The handshake itself failed: no common protocol version or cipher, the
+    /// server closed the connection or sent an alert, ...
+    Handshake,
+}
+
+impl TlsFailure {
+    /// Operator text; `Display` of [`LdapError`] starts with it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TlsFailure::Settings => "TLS settings unusable",
+            TlsFailure::StartTlsRefused => "TLS: the server refused StartTLS",
+            TlsFailure::CertificateRejected => {
+                "TLS: certificate verify failed (the server certificate is not signed by a \
+                 trusted CA, is expired or not yet valid, or was not issued for the host \
+                 in the URL)"
+            }
+            TlsFailure::Handshake => "TLS: handshake failed",
+        }
+    }
 }
 
 impl LdapError {
@@ -125,6 +195,7 @@ impl LdapError {
         LdapError {
             code,
             diagnostic: diagnostic.into(),
+            tls: None,
         }
     }
 
@@ -142,13 +213,18 @@ impl LdapError {
     /// handshake failed), `X_CONNECTING` (-18: async connect not finished),
     /// `BUSY` (51) and `UNAVAILABLE` (52) (server alive but refusing service).
     ///
+    /// Also transport, whatever the code: a TLS failure of this server
+    /// ([`TlsFailure::StartTlsRefused`], [`TlsFailure::CertificateRejected`],
+    /// [`TlsFailure::Handshake`]). `open` has dropped that handle; nothing
+    /// was sent on it after the failure. Try the next server.
+    ///
     /// Not transport: everything the server decided (49, 50, 53, 8, 13, 32, ...,
-    /// including `TIMELIMIT_EXCEEDED` (3), a server-side verdict), and local
+    /// including `TIMELIMIT_EXCEEDED` (3), a server-side verdict), local
     /// argument errors (`PARAM_ERROR`, `FILTER_ERROR`, `ENCODING_ERROR`,
     /// `NO_MEMORY`, `NOT_SUPPORTED`, `AUTH_UNKNOWN`) that another server would
-    /// not change.
+    /// not change, and unusable TLS settings ([`TlsFailure::Settings`]).
     pub fn is_transport(&self) -> bool {
-        matches!(
+        let transport_code = matches!(
             self.code,
             ResultCode::SERVER_DOWN
                 | ResultCode::LOCAL_ERROR
@@ -158,7 +234,31 @@ impl LdapError {
                 | ResultCode::X_CONNECTING
                 | ResultCode::BUSY
                 | ResultCode::UNAVAILABLE
-        )
+        );
+        let tls_of_server = matches!(
+            self.tls,
+            Some(
+                TlsFailure::StartTlsRefused
+                    | TlsFailure::CertificateRejected
+                    | TlsFailure::Handshake
+            )
+        );
+        transport_code || tls_of_server
+    }
+
+    /// The error came from setting up TLS in [`Connection::open`] (bad local
+    /// settings, StartTLS refused, certificate refused, handshake failed).
+    ///
+    /// Not TLS-specific, hence `false`: a connection refused or reset, and a
+    /// server that never answers (`TIMEOUT`): libldap cannot tell whether
+    /// the TCP connect or the handshake stalled.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Which part of the TLS set-up failed, if this is a TLS error.
+    pub fn tls_failure(&self) -> Option<TlsFailure> {
+        self.tls
     }
 
     /// Our client-side deadline ran out (`TIMEOUT`, -5): `Timeouts::operation`
@@ -185,10 +285,23 @@ impl LdapError {
     fn local(code: ResultCode, text: &str) -> LdapError {
         LdapError::new(code, text.as_bytes())
     }
+
+    /// A [`TlsFailure::Settings`] error with our own text.
+    fn tls_settings(code: ResultCode, text: &str) -> LdapError {
+        LdapError::local(code, text).with_tls(TlsFailure::Settings)
+    }
+
+    fn with_tls(mut self, failure: TlsFailure) -> LdapError {
+        self.tls = Some(failure);
+        self
+    }
 }
 
 impl fmt::Display for LdapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(tls) = self.tls {
+            write!(f, "{}: ", tls.describe())?;
+        }
         write!(f, "{}", self.code)?;
         let diagnostic = self.diagnostic_lossy();
         if !diagnostic.is_empty() {
@@ -240,10 +353,7 @@ enum Ret {
 fn check(ld: *mut sys::LDAP, ret: Ret) -> Result<(), LdapError> {
     match ret {
         Ret::Code(sys::LDAP_SUCCESS) => Ok(()),
-        Ret::Code(rc) => Err(LdapError {
-            code: ResultCode(rc),
-            diagnostic: diagnostic_message(ld),
-        }),
+        Ret::Code(rc) => Err(LdapError::new(ResultCode(rc), diagnostic_message(ld))),
         Ret::Option {
             status: sys::LDAP_OPT_SUCCESS,
             ..
@@ -251,10 +361,17 @@ fn check(ld: *mut sys::LDAP, ret: Ret) -> Result<(), LdapError> {
         // An option the library rejected is our bad parameter (or an option
         // this libldap does not know), never a transport problem, so it does
         // not keep LDAP_OPT_ERROR (-1), which has the value of SERVER_DOWN.
-        Ret::Option { option, status } => Err(LdapError::local(
-            ResultCode::PARAM_ERROR,
-            &format!("libldap rejected option {option:#06x} (status {status})"),
-        )),
+        // Some options leave a reason in the diagnostic (LDAP_OPT_X_TLS_NEWCTX
+        // puts the TLS library's text there).
+        Ret::Option { option, status } => {
+            let mut text = format!("libldap rejected option {option:#06x} (status {status})");
+            let reason = sanitize_for_log(&diagnostic_message(ld), DIAGNOSTIC_LOG_MAX_CHARS);
+            if !reason.is_empty() {
+                text.push_str(": ");
+                text.push_str(&reason);
+            }
+            Err(LdapError::local(ResultCode::PARAM_ERROR, &text))
+        }
     }
 }
 
@@ -394,8 +511,9 @@ pub fn try_init_global() -> Result<(), LdapError> {
 fn set_option(ld: *mut sys::LDAP, option: c_int, value: *const c_void) -> Result<(), LdapError> {
     // SAFETY: `ld` is NULL (global options) or a live handle we own
     // exclusively; every caller passes `value` as the type the option expects
-    // (int *, struct timeval *, unsigned int *, or LDAP_OPT_ON/OFF), pointing
-    // at data that outlives the call; libldap copies the value.
+    // (int *, struct timeval *, unsigned int *, LDAP_OPT_ON/OFF, a
+    // NUL-terminated char *, or NULL where the option accepts NULL to clear
+    // it), pointing at data that outlives the call; libldap copies the value.
     let status = unsafe { sys::ldap_set_option(ld, option, value) };
     check(ld, Ret::Option { option, status })
 }
@@ -411,21 +529,299 @@ fn opt_on() -> *const c_void {
 /// Client-side deadlines for one connection.
 ///
 /// Measured with libldap 2.5.13 (CONNECT_ASYNC on, as `Connection::open`
-/// sets it): the first request on a handle starts the TCP connect and waits
-/// for connect + reply together under `operation`; a TCP connect that never
-/// completes fails with `TIMEOUT` after `operation`, not after `connect`.
-/// `connect` bounds the TLS handshake of `ldaps://` (a stalled handshake
-/// fails with `SERVER_DOWN` after `connect`). Worst case for one request is
-/// therefore about `connect + operation`.
+/// sets it):
+/// - `ldap://` (no StartTLS): `open` does no I/O; the first request starts
+///   the TCP connect and waits for connect + reply together under
+///   `operation`; a TCP connect that never completes fails with `TIMEOUT`
+///   after `operation`, not after `connect`.
+/// - `ldaps://`: `open` connects and completes the handshake under
+///   `connect` (TCP connect and handshake together; a stalled one fails with
+///   `TIMEOUT` after `connect`).
+/// - StartTLS: `open` sends the StartTLS request (with the TCP connect) under
+///   `operation`, then the handshake runs under `connect`: at most about
+///   `operation + connect`.
+///
+/// Every request after `open` is bounded by `operation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// `LDAP_OPT_NETWORK_TIMEOUT`: the TLS handshake (and a synchronous
-    /// connect, which we do not use).
+    /// `LDAP_OPT_NETWORK_TIMEOUT`: the TLS handshake, and the TCP connect of
+    /// `ldaps://` in `open`.
     pub connect: Duration,
     /// `LDAP_OPT_TIMEOUT` and the search's own timeout argument: each
     /// synchronous request (bind, search), including a TCP connect that the
     /// request has to wait for.
     pub operation: Duration,
+}
+
+// ---------------------------------------------------------------------------
+// TLS settings
+// ---------------------------------------------------------------------------
+
+/// How the server certificate is checked (`LDAP_OPT_X_TLS_REQUIRE_CERT`, as
+/// libldap defines the levels for a client; see ldap.conf(5) `TLS_REQCERT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequireCert {
+    /// No certificate is requested or checked, not even the host name.
+    /// Anyone on the path can read the passwords: for tests only.
+    Never,
+    /// The certificate is checked, but a bad one (untrusted, expired) is
+    /// accepted, and the host name is **not** checked.
+    Allow,
+    /// A bad certificate (untrusted, expired, wrong host name) ends the
+    /// session; only a server that sends no certificate at all is accepted
+    /// (a TLS server always sends one, so in practice the same as `Demand`).
+    Try,
+    /// The certificate must be present, trusted and valid, and issued for the
+    /// host in the URL. The default.
+    Demand,
+}
+
+impl RequireCert {
+    fn raw(self) -> c_int {
+        match self {
+            RequireCert::Never => sys::LDAP_OPT_X_TLS_NEVER,
+            RequireCert::Allow => sys::LDAP_OPT_X_TLS_ALLOW,
+            RequireCert::Try => sys::LDAP_OPT_X_TLS_TRY,
+            RequireCert::Demand => sys::LDAP_OPT_X_TLS_DEMAND,
+        }
+    }
+}
+
+/// Lowest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+impl TlsVersion {
+    fn raw(self) -> c_int {
+        match self {
+            TlsVersion::V1_2 => sys::LDAP_OPT_X_TLS_PROTOCOL_TLS1_2,
+            TlsVersion::V1_3 => sys::LDAP_OPT_X_TLS_PROTOCOL_TLS1_3,
+        }
+    }
+
+    fn gnutls_priority(self) -> &'static CStr {
+        match self {
+            TlsVersion::V1_2 => GNUTLS_PRIORITY_TLS12,
+            TlsVersion::V1_3 => GNUTLS_PRIORITY_TLS13,
+        }
+    }
+}
+
+/// TLS for one connection. [`Connection::open`] applies all of it to its own
+/// handle and builds a fresh TLS context from it; nothing comes from
+/// `LDAPTLS_*` environment variables, `ldap.conf`/`ldaprc`, or other handles.
+///
+/// Host names: the server certificate must name the URL's host in a
+/// subjectAltName (DNS or IP); the common name is only consulted when the
+/// certificate has no subjectAltName at all (`LDAP_OPT_X_TLS_REQUIRE_SAN` =
+/// try, RFC 6125). libldap replaces a URL host `localhost` with the
+/// machine's host name for this check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Send StartTLS on `ldap://` URLs before anything else (ignored for
+    /// `ldaps://`, which is TLS from the first byte).
+    pub starttls: bool,
+    /// A CA bundle file (every certificate in it is trusted) or a directory
+    /// of CA certificates (GnuTLS loads every PEM file in it; OpenSSL needs
+    /// the hashed names of `openssl rehash`). `None` = the system's CA bundle
+    /// (the first of `/etc/ssl/certs/ca-certificates.crt`,
+    /// `/etc/pki/tls/certs/ca-bundle.crt`, ... that exists: see
+    /// [`system_ca_bundle`]).
+    pub ca_path: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that ask for one; needs `key_path`.
+    pub cert_path: Option<PathBuf>,
+    /// Private key (PEM, unencrypted) of `cert_path`.
+    pub key_path: Option<PathBuf>,
+    pub require_cert: RequireCert,
+    pub min_version: TlsVersion,
+}
+
+impl Default for TlsSettings {
+    /// No StartTLS, system CAs, no client certificate, `Demand`, TLS 1.2+.
+    fn default() -> TlsSettings {
+        TlsSettings {
+            starttls: false,
+            ca_path: None,
+            cert_path: None,
+            key_path: None,
+            require_cert: RequireCert::Demand,
+            min_version: TlsVersion::V1_2,
+        }
+    }
+}
+
+/// The CA bundle that [`TlsSettings::ca_path`] `None` stands for: the first
+/// of [`SYSTEM_CA_BUNDLES`] that is a file, or `None` if there is none.
+pub fn system_ca_bundle() -> Option<&'static Path> {
+    SYSTEM_CA_BUNDLES
+        .iter()
+        .map(Path::new)
+        .find(|path| path.is_file())
+}
+
+/// The TLS library libldap was built with (`LDAP_OPT_X_TLS_PACKAGE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsBackend {
+    GnuTls,
+    OpenSsl,
+    Other,
+}
+
+fn tls_backend() -> Result<TlsBackend, LdapError> {
+    let mut name = LdapMem::null();
+    // SAFETY: a NULL handle reads the global option; for
+    // LDAP_OPT_X_TLS_PACKAGE the out value is a `char **` that receives a
+    // copy, owned and freed by `name`. A libldap without TLS refuses it.
+    let status = unsafe {
+        sys::ldap_get_option(
+            ptr::null_mut(),
+            sys::LDAP_OPT_X_TLS_PACKAGE,
+            (&raw mut name.ptr).cast::<c_void>(),
+        )
+    };
+    check(
+        ptr::null_mut(),
+        Ret::Option {
+            option: sys::LDAP_OPT_X_TLS_PACKAGE,
+            status,
+        },
+    )
+    .map_err(|_| {
+        LdapError::tls_settings(
+            ResultCode::NOT_SUPPORTED,
+            "this libldap was built without TLS support",
+        )
+    })?;
+    Ok(match name.to_bytes().as_slice() {
+        b"GnuTLS" => TlsBackend::GnuTls,
+        b"OpenSSL" => TlsBackend::OpenSsl,
+        _ => TlsBackend::Other,
+    })
+}
+
+/// Where the trusted CAs come from.
+enum CaSource {
+    File(CString),
+    Dir(CString),
+    /// Nothing set: OpenSSL then uses its default paths, GnuTLS trusts no CA.
+    Unset,
+}
+
+/// A path for libldap, checked to be readable now so that a mistake gives a
+/// clear [`TlsFailure::Settings`] error instead of a failed handshake.
+fn tls_path(path: &Path, what: &str) -> Result<(CString, bool), LdapError> {
+    let bad = |reason: &dyn fmt::Display| {
+        LdapError::tls_settings(
+            ResultCode::PARAM_ERROR,
+            &format!("{what} {}: {reason}", path.display()),
+        )
+    };
+    let is_dir = std::fs::metadata(path).map_err(|e| bad(&e))?.is_dir();
+    if is_dir {
+        std::fs::read_dir(path).map_err(|e| bad(&e))?;
+    } else {
+        std::fs::File::open(path).map_err(|e| bad(&e))?;
+    }
+    let c_path =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| bad(&"contains a NUL byte"))?;
+    Ok((c_path, is_dir))
+}
+
+fn ca_source(tls: &TlsSettings, backend: TlsBackend) -> Result<CaSource, LdapError> {
+    if let Some(path) = &tls.ca_path {
+        let (c_path, is_dir) = tls_path(path, "TLS CA path")?;
+        return Ok(if is_dir {
+            CaSource::Dir(c_path)
+        } else {
+            CaSource::File(c_path)
+        });
+    }
+    if let Some(bundle) = system_ca_bundle() {
+        let (c_path, _) = tls_path(bundle, "system CA bundle")?;
+        return Ok(CaSource::File(c_path));
+    }
+    let needs_ca = matches!(tls.require_cert, RequireCert::Demand | RequireCert::Try);
+    if backend == TlsBackend::OpenSsl || !needs_ca {
+        return Ok(CaSource::Unset);
+    }
+    Err(LdapError::tls_settings(
+        ResultCode::PARAM_ERROR,
+        &format!(
+            "no TLS CA path set and no system CA bundle found (looked for {})",
+            SYSTEM_CA_BUNDLES.join(", ")
+        ),
+    ))
+}
+
+/// Where a TLS session was being set up when an error happened.
+#[derive(Debug, Clone, Copy)]
+enum TlsStage {
+    /// `ldap_connect` of an `ldaps://` URL; `timed_out`: it took at least the
+    /// connect timeout.
+    Ldaps { timed_out: bool },
+    /// `ldap_start_tls_s`.
+    StartTls,
+}
+
+/// Adds the [`TlsFailure`] (if any) to an error of the TLS set-up, from the
+/// code and libldap's diagnostic text.
+///
+/// Measured with Debian's libldap 2.5.13 (GnuTLS): a refused certificate
+/// (untrusted, or not issued for the host) leaves the text "(unknown error
+/// code)": libldap's own checks after the handshake return codes that
+/// `gnutls_strerror` has no text for. A connection refused leaves "Error in
+/// the push function."; a stalled `ldaps://` connect returns `SERVER_DOWN`
+/// with no text after the connect timeout; other handshake failures leave
+/// GnuTLS's reason ("The TLS connection was non-properly terminated.", "A
+/// TLS fatal alert has been received.", ...). OpenSSL builds put "...
+/// certificate verify failed ..." there.
+fn classify_tls_error(mut err: LdapError, stage: TlsStage, backend: TlsBackend) -> LdapError {
+    if matches!(stage, TlsStage::StartTls) && !err.code.is_api_error() {
+        // The server's answer to the StartTLS request.
+        return err.with_tls(TlsFailure::StartTlsRefused);
+    }
+    if err.code == ResultCode::TIMEOUT {
+        if err.diagnostic.is_empty() && matches!(stage, TlsStage::StartTls) {
+            err.diagnostic = b"no StartTLS answer or TLS handshake within the timeouts".to_vec();
+        }
+        return err;
+    }
+    if err.diagnostic.is_empty() {
+        if let TlsStage::Ldaps { timed_out: true } = stage {
+            // libldap reports its poll timeout here as SERVER_DOWN.
+            err.code = ResultCode::TIMEOUT;
+            err.diagnostic =
+                b"no TCP connection and TLS session within the connect timeout".to_vec();
+        }
+        return err;
+    }
+    let text = err.diagnostic.as_slice();
+    let contains = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
+    let rejected = (backend == TlsBackend::GnuTls && text == b"(unknown error code)")
+        || contains(b"certificate verify failed")
+        || contains(b"does not match")
+        || contains(b"unable to get");
+    let socket_error = backend == TlsBackend::GnuTls
+        && (text == b"Error in the push function." || text == b"Error in the pull function.");
+    if rejected {
+        err.with_tls(TlsFailure::CertificateRejected)
+    } else if socket_error {
+        err
+    } else {
+        err.with_tls(TlsFailure::Handshake)
+    }
+}
+
+/// `ldaps://` anywhere in a URI (list).
+fn has_ldaps_url(uri: &str) -> bool {
+    uri.split(|c: char| c == ',' || c.is_whitespace())
+        .any(|url| {
+            url.get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("ldaps://"))
+        })
 }
 
 /// Search scope.
@@ -480,10 +876,32 @@ impl Connection {
     /// counts the time already spent), TCP keepalive tuning, and
     /// `TCP_USER_TIMEOUT` = connect + operation.
     ///
-    /// Does no network I/O: the connection is made by the first request.
+    /// TLS: for an `ldaps://` URL, or with `tls.starttls`, every TLS option
+    /// of [`TlsSettings`] is set on this handle, together with the ones we do
+    /// not offer (cipher suite or GnuTLS priority, CRL file and checks, curve,
+    /// key pin, `REQUIRE_SAN` = try, in-memory certificates), so that nothing
+    /// comes from `LDAPTLS_*`, ldap.conf or the global defaults; then
+    /// `LDAP_OPT_X_TLS_NEWCTX` builds this handle's own TLS context.
+    /// - `ldaps://`: connects and completes the handshake now (bounded by
+    ///   `timeouts.connect`), so a bad certificate is an `open` error.
+    /// - `ldap://` with `starttls`: sends StartTLS now (`ldap_start_tls_s`;
+    ///   request under `timeouts.operation`, handshake under
+    ///   `timeouts.connect`).
+    ///
+    /// On any TLS error the handle is unbound and freed before `open`
+    /// returns: nothing else is ever sent on it (no plaintext fallback).
+    /// See [`LdapError::tls_failure`] for the classification.
+    ///
+    /// A plain `ldap://` connection without StartTLS does no network I/O here:
+    /// it is made by the first request.
+    ///
     /// An empty URI is refused (libldap would fall back to ldap.conf), as are
     /// zero timeouts; timeouts above about 23 days are clamped.
-    pub fn open(uri: &str, timeouts: &Timeouts) -> Result<Connection, LdapError> {
+    pub fn open(
+        uri: &str,
+        timeouts: &Timeouts,
+        tls: &TlsSettings,
+    ) -> Result<Connection, LdapError> {
         if uri.trim().is_empty() {
             return Err(LdapError::local(ResultCode::PARAM_ERROR, "empty LDAP URI"));
         }
@@ -543,7 +961,159 @@ impl Connection {
             sys::LDAP_OPT_TCP_USER_TIMEOUT,
             (&raw const user_timeout_ms).cast(),
         )?;
+
+        let implicit_tls = has_ldaps_url(uri);
+        if !implicit_tls && !tls.starttls {
+            return Ok(conn);
+        }
+        let backend = tls_backend()?;
+        conn.apply_tls(tls, backend)?;
+        if implicit_tls {
+            conn.connect_now(timeouts.connect.min(MAX_TIMEOUT), backend)?;
+        }
+        if tls.starttls && !conn.tls_in_place() {
+            conn.start_tls(backend)?;
+        }
+        // On every error above, `conn` is dropped on return: unbound and freed.
         Ok(conn)
+    }
+
+    /// Sets the operation timeout (`LDAP_OPT_TIMEOUT` and the search time
+    /// limit we pass) and the network timeout (`LDAP_OPT_NETWORK_TIMEOUT`, for
+    /// a reconnect or handshake) of this handle, e.g. to what remains of a
+    /// request's deadline. Two `ldap_set_option` calls, no I/O. Zero
+    /// timeouts are refused (nothing changes then); `TCP_USER_TIMEOUT` keeps
+    /// the value from `open` (it applies to the socket when it is created).
+    pub fn set_timeouts(&mut self, timeouts: &Timeouts) -> Result<(), LdapError> {
+        let connect = to_timeval(timeouts.connect, "connect timeout")?;
+        let operation = to_timeval(timeouts.operation, "operation timeout")?;
+        self.set(sys::LDAP_OPT_NETWORK_TIMEOUT, (&raw const connect).cast())?;
+        self.set(sys::LDAP_OPT_TIMEOUT, (&raw const operation).cast())?;
+        self.operation_timeout = operation;
+        Ok(())
+    }
+
+    /// Sets every TLS option on this handle, then builds its TLS context
+    /// (`LDAP_OPT_X_TLS_NEWCTX`, last).
+    fn apply_tls(&mut self, tls: &TlsSettings, backend: TlsBackend) -> Result<(), LdapError> {
+        let ca = ca_source(tls, backend)?;
+        let (cert, key) = match (&tls.cert_path, &tls.key_path) {
+            (Some(cert), Some(key)) => (
+                Some(tls_path(cert, "TLS client certificate")?.0),
+                Some(tls_path(key, "TLS client key")?.0),
+            ),
+            (None, None) => (None, None),
+            _ => {
+                return Err(LdapError::tls_settings(
+                    ResultCode::PARAM_ERROR,
+                    "a TLS client certificate needs both a certificate and a key path",
+                ))
+            }
+        };
+        let c_str = |value: &Option<CString>| value.as_ref().map_or(ptr::null(), |v| v.as_ptr());
+        let (ca_file, ca_dir) = match &ca {
+            CaSource::File(file) => (file.as_ptr(), ptr::null()),
+            CaSource::Dir(dir) => (ptr::null(), dir.as_ptr()),
+            CaSource::Unset => (ptr::null(), ptr::null()),
+        };
+        let require_cert = tls.require_cert.raw();
+        // RFC 6125: with a subjectAltName present, the common name is not
+        // used (libldap's default, allow, falls back to the CN).
+        let require_san: c_int = sys::LDAP_OPT_X_TLS_TRY;
+        let min_version = tls.min_version.raw();
+        let no_max_version: c_int = 0;
+        let priority = match backend {
+            TlsBackend::GnuTls => tls.min_version.gnutls_priority().as_ptr(),
+            // OpenSSL honours PROTOCOL_MIN; NULL = its default cipher list.
+            TlsBackend::OpenSsl | TlsBackend::Other => ptr::null(),
+        };
+
+        // NULL clears a string option and an in-memory (berval) option.
+        let options: [(c_int, *const c_void); 15] = [
+            (sys::LDAP_OPT_X_TLS_CACERTFILE, ca_file.cast()),
+            (sys::LDAP_OPT_X_TLS_CACERTDIR, ca_dir.cast()),
+            (sys::LDAP_OPT_X_TLS_CACERT, ptr::null()),
+            (sys::LDAP_OPT_X_TLS_CERTFILE, c_str(&cert).cast()),
+            (sys::LDAP_OPT_X_TLS_KEYFILE, c_str(&key).cast()),
+            (sys::LDAP_OPT_X_TLS_CERT, ptr::null()),
+            (sys::LDAP_OPT_X_TLS_KEY, ptr::null()),
+            (
+                sys::LDAP_OPT_X_TLS_REQUIRE_CERT,
+                (&raw const require_cert).cast(),
+            ),
+            (
+                sys::LDAP_OPT_X_TLS_REQUIRE_SAN,
+                (&raw const require_san).cast(),
+            ),
+            (
+                sys::LDAP_OPT_X_TLS_PROTOCOL_MIN,
+                (&raw const min_version).cast(),
+            ),
+            (
+                sys::LDAP_OPT_X_TLS_PROTOCOL_MAX,
+                (&raw const no_max_version).cast(),
+            ),
+            (sys::LDAP_OPT_X_TLS_CIPHER_SUITE, priority.cast()),
+            (sys::LDAP_OPT_X_TLS_CRLFILE, ptr::null()),
+            (sys::LDAP_OPT_X_TLS_ECNAME, ptr::null()),
+            (sys::LDAP_OPT_X_TLS_PEERKEY_HASH, ptr::null()),
+        ];
+        for (option, value) in options {
+            self.set(option, value)
+                .map_err(|e| e.with_tls(TlsFailure::Settings))?;
+        }
+        if backend == TlsBackend::OpenSsl {
+            // OpenSSL builds only (GnuTLS builds refuse the option).
+            let no_crl_check: c_int = sys::LDAP_OPT_X_TLS_CRL_NONE;
+            self.set(
+                sys::LDAP_OPT_X_TLS_CRLCHECK,
+                (&raw const no_crl_check).cast(),
+            )
+            .map_err(|e| e.with_tls(TlsFailure::Settings))?;
+        }
+
+        self.clear_diagnostic()?;
+        let client: c_int = 0;
+        self.set(sys::LDAP_OPT_X_TLS_NEWCTX, (&raw const client).cast())
+            .map_err(|mut e| {
+                let reason = e.diagnostic_lossy();
+                e.diagnostic = format!(
+                    "libldap could not build a TLS context from the CA, certificate and key files ({reason})"
+                )
+                .into_bytes();
+                e.with_tls(TlsFailure::Settings)
+            })
+    }
+
+    /// `ldap_connect`: TCP connect and, for `ldaps://`, the TLS handshake.
+    fn connect_now(
+        &mut self,
+        connect_timeout: Duration,
+        backend: TlsBackend,
+    ) -> Result<(), LdapError> {
+        self.clear_diagnostic()?;
+        let started = Instant::now();
+        // SAFETY: `self.ld` is our live handle; ldap_connect opens its default
+        // connection, bounded by the handle's network timeout.
+        let rc = unsafe { sys::ldap_connect(self.ld) };
+        let timed_out = started.elapsed() >= connect_timeout;
+        check(self.ld, Ret::Code(rc))
+            .map_err(|e| classify_tls_error(e, TlsStage::Ldaps { timed_out }, backend))
+    }
+
+    /// `ldap_start_tls_s`: the StartTLS request, then the handshake.
+    fn start_tls(&mut self, backend: TlsBackend) -> Result<(), LdapError> {
+        self.clear_diagnostic()?;
+        // SAFETY: `self.ld` is our live handle; NULL control lists are allowed.
+        let rc = unsafe { sys::ldap_start_tls_s(self.ld, ptr::null_mut(), ptr::null_mut()) };
+        check(self.ld, Ret::Code(rc))
+            .map_err(|e| classify_tls_error(e, TlsStage::StartTls, backend))
+    }
+
+    /// The default connection has a TLS layer.
+    fn tls_in_place(&self) -> bool {
+        // SAFETY: `self.ld` is our live handle; ldap_tls_inplace only reads it.
+        unsafe { sys::ldap_tls_inplace(self.ld) != 0 }
     }
 
     /// Simple bind via `ldap_sasl_bind_s(ld, dn, LDAP_SASL_SIMPLE, &berval, ..)`.
@@ -777,9 +1347,10 @@ mod tests {
             connect: Duration::from_secs(1),
             operation: Duration::from_secs(1),
         };
-        let e = Connection::open("ldap://127.0.0.1:1/\0x", &t).unwrap_err();
+        let e =
+            Connection::open("ldap://127.0.0.1:1/\0x", &t, &TlsSettings::default()).unwrap_err();
         assert_eq!(e.code, ResultCode::PARAM_ERROR);
-        let mut c = Connection::open("ldap://127.0.0.1:1/", &t).unwrap();
+        let mut c = Connection::open("ldap://127.0.0.1:1/", &t, &TlsSettings::default()).unwrap();
         let e = c.simple_bind("cn=a\0b", b"pw").unwrap_err();
         assert_eq!(e.code, ResultCode::PARAM_ERROR);
         let e = c.search_dns("dc=x\0", Scope::Base, "(a=b)", 0).unwrap_err();
@@ -797,11 +1368,15 @@ mod tests {
             operation: ok,
         };
         assert_eq!(
-            Connection::open("  ", &t).unwrap_err().code,
+            Connection::open("  ", &t, &TlsSettings::default())
+                .unwrap_err()
+                .code,
             ResultCode::PARAM_ERROR
         );
         assert_eq!(
-            Connection::open("notaurl://x", &t).unwrap_err().code,
+            Connection::open("notaurl://x", &t, &TlsSettings::default())
+                .unwrap_err()
+                .code,
             ResultCode::PARAM_ERROR
         );
         let zero = Timeouts {
@@ -809,7 +1384,7 @@ mod tests {
             operation: ok,
         };
         assert_eq!(
-            Connection::open("ldap://127.0.0.1/", &zero)
+            Connection::open("ldap://127.0.0.1/", &zero, &TlsSettings::default())
                 .unwrap_err()
                 .code,
             ResultCode::PARAM_ERROR
@@ -818,7 +1393,7 @@ mod tests {
             connect: Duration::MAX,
             operation: Duration::MAX,
         };
-        Connection::open("ldap://127.0.0.1/", &huge)
+        Connection::open("ldap://127.0.0.1/", &huge, &TlsSettings::default())
             .unwrap()
             .close()
             .unwrap();
@@ -832,12 +1407,165 @@ mod tests {
             operation: Duration::from_secs(1),
         };
         // Port 1 on loopback: nothing listens, but we must not even try.
-        let mut c = Connection::open("ldap://127.0.0.1:1/", &t).unwrap();
+        let mut c = Connection::open("ldap://127.0.0.1:1/", &t, &TlsSettings::default()).unwrap();
         let e = c
             .simple_bind("uid=alice,dc=example,dc=test", b"")
             .unwrap_err();
         assert_eq!(e.code, ResultCode::PARAM_ERROR);
         assert!(!e.is_transport());
+    }
+
+    #[test]
+    fn tls_classification_and_display() {
+        setup();
+        let gnutls = TlsBackend::GnuTls;
+        let refused = |text: &str| LdapError::new(ResultCode::SERVER_DOWN, text.as_bytes());
+
+        let e = classify_tls_error(
+            refused("(unknown error code)"),
+            TlsStage::Ldaps { timed_out: false },
+            gnutls,
+        );
+        assert_eq!(e.tls_failure(), Some(TlsFailure::CertificateRejected));
+        assert!(e.is_tls() && e.is_transport());
+        assert!(e
+            .to_string()
+            .starts_with("TLS: certificate verify failed (the server certificate"));
+        assert!(e
+            .to_string()
+            .ends_with("Can't contact LDAP server (-1): (unknown error code)"));
+
+        // A connection refused is not a TLS failure.
+        let e = classify_tls_error(
+            refused("Error in the push function."),
+            TlsStage::Ldaps { timed_out: false },
+            gnutls,
+        );
+        assert!(!e.is_tls() && e.is_transport());
+
+        let e = classify_tls_error(
+            refused("The TLS connection was non-properly terminated."),
+            TlsStage::Ldaps { timed_out: false },
+            gnutls,
+        );
+        assert_eq!(e.tls_failure(), Some(TlsFailure::Handshake));
+
+        // A stalled ldaps connect: SERVER_DOWN without text after the timeout.
+        let e = classify_tls_error(refused(""), TlsStage::Ldaps { timed_out: true }, gnutls);
+        assert!(e.is_timeout() && e.is_transport() && !e.is_tls());
+        let e = classify_tls_error(refused(""), TlsStage::Ldaps { timed_out: false }, gnutls);
+        assert_eq!(e.code, ResultCode::SERVER_DOWN);
+
+        // The server's own answer to StartTLS: transport-class whatever the code.
+        let e = classify_tls_error(
+            LdapError::new(
+                ResultCode::PROTOCOL_ERROR,
+                &b"unsupported extended operation"[..],
+            ),
+            TlsStage::StartTls,
+            gnutls,
+        );
+        assert_eq!(e.tls_failure(), Some(TlsFailure::StartTlsRefused));
+        assert!(e.is_transport());
+        assert_eq!(
+            e.to_string(),
+            "TLS: the server refused StartTLS: Protocol error (2): unsupported extended operation"
+        );
+
+        let e = classify_tls_error(
+            LdapError::new(
+                ResultCode::CONNECT_ERROR,
+                &b"error:0A000086:SSL routines::certificate verify failed"[..],
+            ),
+            TlsStage::StartTls,
+            TlsBackend::OpenSsl,
+        );
+        assert_eq!(e.tls_failure(), Some(TlsFailure::CertificateRejected));
+
+        let e = classify_tls_error(
+            LdapError::new(ResultCode::TIMEOUT, Vec::new()),
+            TlsStage::StartTls,
+            gnutls,
+        );
+        assert!(e.is_timeout() && !e.is_tls() && !e.diagnostic.is_empty());
+
+        // Bad local settings are the same on every server: not transport.
+        let e = LdapError::tls_settings(ResultCode::PARAM_ERROR, "TLS CA path /x: gone");
+        assert!(e.is_tls() && !e.is_transport());
+        assert_eq!(
+            e.to_string(),
+            "TLS settings unusable: Bad parameter to an ldap routine (-9): TLS CA path /x: gone"
+        );
+    }
+
+    #[test]
+    fn ldaps_urls_are_recognised() {
+        assert!(has_ldaps_url("ldaps://dc1.example.com"));
+        assert!(has_ldaps_url("LDAPS://dc1"));
+        assert!(has_ldaps_url("ldap://a ldaps://b:636"));
+        assert!(has_ldaps_url("ldap://a,ldaps://b"));
+        assert!(!has_ldaps_url("ldap://ldaps.example.com"));
+        assert!(!has_ldaps_url("ldapi://%2Frun%2Fldapi"));
+        assert!(!has_ldaps_url("ldaps:/"));
+    }
+
+    #[test]
+    fn bad_tls_settings_fail_open_without_io() {
+        setup();
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            operation: Duration::from_secs(1),
+        };
+        let missing = TlsSettings {
+            ca_path: Some(PathBuf::from("/nonexistent/ca.pem")),
+            ..TlsSettings::default()
+        };
+        let e = Connection::open("ldaps://127.0.0.1:1/", &t, &missing).unwrap_err();
+        assert_eq!(e.tls_failure(), Some(TlsFailure::Settings));
+        assert!(!e.is_transport());
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+
+        let half = TlsSettings {
+            starttls: true,
+            cert_path: Some(PathBuf::from("/etc/hostname")),
+            ..TlsSettings::default()
+        };
+        let e = Connection::open("ldap://127.0.0.1:1/", &t, &half).unwrap_err();
+        assert_eq!(e.tls_failure(), Some(TlsFailure::Settings));
+
+        // Without ldaps:// or StartTLS the TLS settings are not used at all.
+        Connection::open("ldap://127.0.0.1:1/", &t, &missing).unwrap();
+
+        // ldaps:// to a closed port: a plain connection failure, at once.
+        let started = Instant::now();
+        let e = Connection::open("ldaps://127.0.0.1:1/", &t, &TlsSettings::default()).unwrap_err();
+        assert_eq!(e.code, ResultCode::SERVER_DOWN, "{e}");
+        assert!(!e.is_tls() && e.is_transport(), "{e}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn set_timeouts_refuses_zero() {
+        setup();
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            operation: Duration::from_secs(1),
+        };
+        let mut c = Connection::open("ldap://127.0.0.1:1/", &t, &TlsSettings::default()).unwrap();
+        let zero = Timeouts {
+            connect: Duration::from_secs(1),
+            operation: Duration::ZERO,
+        };
+        assert_eq!(
+            c.set_timeouts(&zero).unwrap_err().code,
+            ResultCode::PARAM_ERROR
+        );
+        let short = Timeouts {
+            connect: Duration::from_millis(100),
+            operation: Duration::from_millis(200),
+        };
+        c.set_timeouts(&short).unwrap();
+        assert_eq!(c.operation_timeout.tv_usec, 200_000);
     }
 
     #[test]

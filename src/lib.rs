@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod escape;
+pub mod health;
 pub mod info;
 pub mod ldap;
 pub mod openldap_sys;

@@ -82,6 +82,45 @@ pub const LDAP_OPT_X_KEEPALIVE_IDLE: c_int = 0x6300;
 pub const LDAP_OPT_X_KEEPALIVE_PROBES: c_int = 0x6301;
 pub const LDAP_OPT_X_KEEPALIVE_INTERVAL: c_int = 0x6302;
 
+// TLS options (ldap_get_option(3), "TLS OPTIONS"). Strings are `char *`
+// (NULL clears), levels and versions `int *`, in-memory PEM/DER `struct
+// berval *` (NULL clears).
+pub const LDAP_OPT_X_TLS_CACERTFILE: c_int = 0x6002;
+pub const LDAP_OPT_X_TLS_CACERTDIR: c_int = 0x6003;
+pub const LDAP_OPT_X_TLS_CERTFILE: c_int = 0x6004;
+pub const LDAP_OPT_X_TLS_KEYFILE: c_int = 0x6005;
+pub const LDAP_OPT_X_TLS_REQUIRE_CERT: c_int = 0x6006;
+pub const LDAP_OPT_X_TLS_PROTOCOL_MIN: c_int = 0x6007;
+pub const LDAP_OPT_X_TLS_CIPHER_SUITE: c_int = 0x6008;
+/// OpenSSL builds only: `ldap_set_option` refuses it when libldap uses GnuTLS.
+pub const LDAP_OPT_X_TLS_CRLCHECK: c_int = 0x600b;
+/// `int *`: 0 builds a client context, non-zero a server context.
+pub const LDAP_OPT_X_TLS_NEWCTX: c_int = 0x600f;
+pub const LDAP_OPT_X_TLS_CRLFILE: c_int = 0x6010;
+/// Read-only, `char **`: "GnuTLS" or "OpenSSL" (a copy to free with
+/// `ldap_memfree`).
+pub const LDAP_OPT_X_TLS_PACKAGE: c_int = 0x6011;
+pub const LDAP_OPT_X_TLS_ECNAME: c_int = 0x6012;
+pub const LDAP_OPT_X_TLS_CACERT: c_int = 0x6016;
+pub const LDAP_OPT_X_TLS_CERT: c_int = 0x6017;
+pub const LDAP_OPT_X_TLS_KEY: c_int = 0x6018;
+pub const LDAP_OPT_X_TLS_PEERKEY_HASH: c_int = 0x6019;
+pub const LDAP_OPT_X_TLS_REQUIRE_SAN: c_int = 0x601a;
+pub const LDAP_OPT_X_TLS_PROTOCOL_MAX: c_int = 0x601b;
+
+// Levels for LDAP_OPT_X_TLS_REQUIRE_CERT and LDAP_OPT_X_TLS_REQUIRE_SAN.
+pub const LDAP_OPT_X_TLS_NEVER: c_int = 0;
+pub const LDAP_OPT_X_TLS_DEMAND: c_int = 2;
+pub const LDAP_OPT_X_TLS_ALLOW: c_int = 3;
+pub const LDAP_OPT_X_TLS_TRY: c_int = 4;
+
+/// LDAP_OPT_X_TLS_CRLCHECK: no CRL checks.
+pub const LDAP_OPT_X_TLS_CRL_NONE: c_int = 0;
+
+// Values for LDAP_OPT_X_TLS_PROTOCOL_MIN/MAX: `(major << 8) + minor`.
+pub const LDAP_OPT_X_TLS_PROTOCOL_TLS1_2: c_int = (3 << 8) + 3;
+pub const LDAP_OPT_X_TLS_PROTOCOL_TLS1_3: c_int = (3 << 8) + 4;
+
 /// `ldap_set_option` / `ldap_get_option` return values.
 pub const LDAP_OPT_SUCCESS: c_int = 0;
 /// `LDAP_OPT_OFF`: boolean options are switched off by a NULL `invalue`.
@@ -131,6 +170,18 @@ pub const LDAP_X_CONNECTING: c_int = -18;
 extern "C" {
     // init.c / open.c
     pub fn ldap_initialize(ldp: *mut *mut LDAP, url: *const c_char) -> c_int;
+    /// Opens the default connection now (2.5+), including the TLS handshake
+    /// of an `ldaps://` URL.
+    pub fn ldap_connect(ld: *mut LDAP) -> c_int;
+    pub fn ldap_start_tls_s(
+        ld: *mut LDAP,
+        serverctrls: *mut *mut LDAPControl,
+        clientctrls: *mut *mut LDAPControl,
+    ) -> c_int;
+
+    // tls2.c
+    /// 1 if the default connection has a TLS layer installed, else 0.
+    pub fn ldap_tls_inplace(ld: *mut LDAP) -> c_int;
 
     // options.c
     pub fn ldap_get_option(ld: *mut LDAP, option: c_int, outvalue: *mut c_void) -> c_int;

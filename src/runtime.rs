@@ -1,23 +1,27 @@
-//! The live module state: the current settings snapshot and the worker pool serving it.
+//! The live module state: the current configuration generation, the worker pool serving it and
+//! the health checker.
 //!
 //! Only the main thread touches it (auth callback, config callbacks, INFO, load and unload);
-//! workers get what they need through their jobs, so the lock is never contended.
+//! workers and the checker get what they need through channels, so the lock is never contended.
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::auth::{self, Job};
-use crate::config::Settings;
-use crate::engine::Engine;
+use crate::config::{Settings, TLS_NEVER_WARNING};
+use crate::engine::{Engine, Generation};
+use crate::health::Checker;
+use crate::ldap::RequireCert;
 use crate::pool::Pool;
 
 pub struct Runtime {
-    pub settings: Arc<Settings>,
+    pub generation: Arc<Generation>,
     pub pool: Pool<Job>,
     /// Pools replaced by a `workers` or `max_pending` change. They finish their queued jobs
     /// and are joined once their threads have left, so the main thread never waits on them.
     retired: Vec<Pool<Job>>,
+    checker: Checker,
 }
 
 /// Global because Valkey's auth, config and INFO callbacks carry no pointer of ours.
@@ -32,24 +36,35 @@ fn start_pool(settings: &Settings) -> std::io::Result<Pool<Job>> {
     )
 }
 
+fn warn_about(settings: &Settings) {
+    if settings.tls.require_cert == RequireCert::Never {
+        log::warn!("{TLS_NEVER_WARNING}");
+    }
+}
+
 /// Starts the runtime; called once per module load.
 pub fn start(settings: Settings) -> std::io::Result<()> {
+    warn_about(&settings);
     let pool = start_pool(&settings)?;
+    let generation = Arc::new(Generation::new(settings));
+    let checker = Checker::start(Arc::clone(&generation))?;
     *RUNTIME.lock() = Some(Runtime {
-        settings: Arc::new(settings),
+        generation,
         pool,
         retired: Vec::new(),
+        checker,
     });
     Ok(())
 }
 
-/// Publishes a new snapshot; the next AUTH uses it. The pool is replaced only when its size
-/// or queue bound changed.
+/// Publishes a new configuration; the next AUTH uses it, and workers reconnect in the
+/// background. The pool is replaced only when its size or queue bound changed.
 pub fn reconfigure(settings: Settings) -> std::io::Result<()> {
     let mut guard = RUNTIME.lock();
     let Some(runtime) = guard.as_mut() else {
         return Ok(());
     };
+    warn_about(&settings);
     runtime.retired.retain(|pool| !pool.is_finished());
     if settings.workers != runtime.pool.threads() || settings.max_pending != runtime.pool.capacity()
     {
@@ -57,11 +72,12 @@ pub fn reconfigure(settings: Settings) -> std::io::Result<()> {
         old.close();
         runtime.retired.push(old);
     }
-    runtime.settings = Arc::new(settings);
+    runtime.generation = Arc::new(Generation::new(settings));
+    runtime.checker.update(Arc::clone(&runtime.generation));
     Ok(())
 }
 
-/// Closes every channel and joins every worker: after unload, none of our code may run.
+/// Closes every channel and joins every thread: after unload, none of our code may run.
 pub fn stop() {
     let runtime = RUNTIME.lock().take();
     drop(runtime);

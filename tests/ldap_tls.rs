@@ -1,0 +1,828 @@
+//! TLS of the libldap layer (`valkeyauth::ldap`), against private slapds with certificates made
+//! by Debian's `openssl` at test time. No Valkey involved.
+//!
+//! Covers: `ldaps://` and StartTLS with a CA file and a CA directory; untrusted certificates
+//! and host names under each `RequireCert` level; StartTLS refused by a server without TLS (and
+//! no bind sent); client certificates; the minimum TLS version; silent servers (bounded by the
+//! timeouts); `set_timeouts` against a frozen server; and, in a child process started with
+//! `LDAPTLS_*` variables, that the environment cannot weaken or widen our settings.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use valkeyauth::ldap::{
+    self, Connection, LdapError, RequireCert, ResultCode, Scope, Timeouts, TlsFailure, TlsSettings,
+    TlsVersion,
+};
+
+fn setup() {
+    static INIT: Once = Once::new();
+    INIT.call_once(ldap::init_global);
+}
+
+fn timeouts(connect_ms: u64, operation_ms: u64) -> Timeouts {
+    Timeouts {
+        connect: Duration::from_millis(connect_ms),
+        operation: Duration::from_millis(operation_ms),
+    }
+}
+
+/// Generous: the servers are local, only the silent ones use up their timeouts.
+fn normal() -> Timeouts {
+    timeouts(5_000, 5_000)
+}
+
+// ============================================================================================
+// Certificates
+// ============================================================================================
+
+/// A small PKI in a temp dir (EC P-256 keys: fast to make):
+/// - `ca.pem`: the CA we trust; `ca-dir/`: the same, `openssl rehash`ed;
+/// - `server.pem`: for IP 127.0.0.1 (subjectAltName), signed by the CA;
+/// - `wrong-host.pem`: signed by the CA, subjectAltName IP 127.0.0.9, but CN=127.0.0.1;
+/// - `client.pem`: a client certificate signed by the CA;
+/// - `rogue-ca.pem` + `rogue-server.pem`: another CA and its certificate for 127.0.0.1.
+///
+/// Each `X.pem` has its key in `X.key`.
+struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let pki = Pki {
+            dir: TempDir::new("pki"),
+        };
+        pki.make_ca("ca", "ValkeyAUTH Test CA");
+        pki.make_ca("rogue-ca", "Rogue CA");
+        pki.make_leaf(
+            "server",
+            "ca",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            1,
+        );
+        pki.make_leaf(
+            "wrong-host",
+            "ca",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.9\nextendedKeyUsage=serverAuth\n",
+            2,
+        );
+        pki.make_leaf(
+            "client",
+            "ca",
+            "valkeyauth-client",
+            "extendedKeyUsage=clientAuth\n",
+            3,
+        );
+        pki.make_leaf(
+            "rogue-server",
+            "rogue-ca",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            4,
+        );
+        let ca_dir = pki.path("ca-dir");
+        fs::create_dir(&ca_dir).expect("mkdir ca-dir");
+        fs::copy(pki.path("ca.pem"), ca_dir.join("ca.pem")).expect("copy ca.pem");
+        openssl(&["rehash".as_ref(), ca_dir.as_os_str()]);
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn make_ca(&self, name: &str, cn: &str) {
+        openssl(&[
+            "req".as_ref(),
+            "-x509".as_ref(),
+            "-newkey".as_ref(),
+            "ec".as_ref(),
+            "-pkeyopt".as_ref(),
+            "ec_paramgen_curve:P-256".as_ref(),
+            "-nodes".as_ref(),
+            "-days".as_ref(),
+            "3".as_ref(),
+            "-subj".as_ref(),
+            format!("/CN={cn}").as_ref(),
+            "-addext".as_ref(),
+            "basicConstraints=critical,CA:TRUE".as_ref(),
+            "-addext".as_ref(),
+            "keyUsage=critical,keyCertSign,cRLSign".as_ref(),
+            "-keyout".as_ref(),
+            self.path(&format!("{name}.key")).as_os_str(),
+            "-out".as_ref(),
+            self.path(&format!("{name}.pem")).as_os_str(),
+        ]);
+    }
+
+    fn make_leaf(&self, name: &str, ca: &str, cn: &str, extensions: &str, serial: u32) {
+        let csr = self.path(&format!("{name}.csr"));
+        let ext = self.path(&format!("{name}.ext"));
+        fs::write(
+            &ext,
+            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{extensions}"),
+        )
+        .expect("write ext");
+        openssl(&[
+            "req".as_ref(),
+            "-new".as_ref(),
+            "-newkey".as_ref(),
+            "ec".as_ref(),
+            "-pkeyopt".as_ref(),
+            "ec_paramgen_curve:P-256".as_ref(),
+            "-nodes".as_ref(),
+            "-subj".as_ref(),
+            format!("/CN={cn}").as_ref(),
+            "-keyout".as_ref(),
+            self.path(&format!("{name}.key")).as_os_str(),
+            "-out".as_ref(),
+            csr.as_os_str(),
+        ]);
+        openssl(&[
+            "x509".as_ref(),
+            "-req".as_ref(),
+            "-in".as_ref(),
+            csr.as_os_str(),
+            "-CA".as_ref(),
+            self.path(&format!("{ca}.pem")).as_os_str(),
+            "-CAkey".as_ref(),
+            self.path(&format!("{ca}.key")).as_os_str(),
+            "-set_serial".as_ref(),
+            serial.to_string().as_ref(),
+            "-days".as_ref(),
+            "2".as_ref(),
+            "-extfile".as_ref(),
+            ext.as_os_str(),
+            "-out".as_ref(),
+            self.path(&format!("{name}.pem")).as_os_str(),
+        ]);
+    }
+}
+
+fn openssl(args: &[&std::ffi::OsStr]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ============================================================================================
+// Servers and clients
+// ============================================================================================
+
+/// slapd on ldap:// and ldaps:// with `cert` (a `Pki` name) and the CA for client
+/// certificates, plus `extra` global lines.
+fn tls_slapd(pki: &Pki, cert: &str, extra: &[&str]) -> Slapd {
+    let mut b = Slapd::builder()
+        .global(format!(
+            "TLSCACertificateFile {}",
+            pki.path("ca.pem").display()
+        ))
+        .global(format!(
+            "TLSCertificateFile {}",
+            pki.path(&format!("{cert}.pem")).display()
+        ))
+        .global(format!(
+            "TLSCertificateKeyFile {}",
+            pki.path(&format!("{cert}.key")).display()
+        ))
+        .ldaps();
+    for line in extra {
+        b = b.global(*line);
+    }
+    b.start()
+}
+
+fn trusting(path: PathBuf) -> TlsSettings {
+    TlsSettings {
+        ca_path: Some(path),
+        ..TlsSettings::default()
+    }
+}
+
+/// Opens `url` and binds as alice: the whole way a password goes.
+fn open_and_bind(url: &str, tls: &TlsSettings) -> Result<(), LdapError> {
+    let mut conn = Connection::open(url, &normal(), tls)?;
+    conn.simple_bind(ALICE.dn, ALICE.password.as_bytes())
+}
+
+/// Asserts a TLS failure of the server (transport class) and that the server saw no bind.
+#[track_caller]
+fn assert_refused(result: Result<(), LdapError>, slapd: &Slapd, failure: TlsFailure) -> LdapError {
+    let e = result.expect_err("the connection must be refused");
+    assert_eq!(e.tls_failure(), Some(failure), "{e}");
+    assert!(e.is_tls() && e.is_transport(), "{e}");
+    assert_eq!(slapd.count_ops("BIND"), 0, "{:?}", slapd.ops("BIND"));
+    e
+}
+
+/// `TLS established ... tls_proto=...` lines of the slapd log.
+fn tls_sessions(slapd: &Slapd) -> Vec<String> {
+    log_lines(slapd, "TLS established")
+}
+
+fn log_lines(slapd: &Slapd, needle: &str) -> Vec<String> {
+    slapd
+        .log()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls the slapd log (written asynchronously) until `tls_sessions` has `count` lines.
+fn wait_tls_sessions(slapd: &Slapd, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sessions = tls_sessions(slapd);
+        if sessions.len() >= count || Instant::now() >= deadline {
+            return sessions;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ============================================================================================
+// Tests
+// ============================================================================================
+
+#[test]
+fn ldaps_with_ca_file_or_ca_directory() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "server", &[]);
+    let url = slapd.ldaps_url();
+
+    open_and_bind(&url, &trusting(pki.path("ca.pem"))).expect("CA file");
+    open_and_bind(&url, &trusting(pki.path("ca-dir"))).expect("CA directory");
+    // A bundle: every certificate in it is trusted.
+    let bundle = pki.path("bundle.pem");
+    let mut both = fs::read(pki.path("rogue-ca.pem")).unwrap();
+    both.extend(fs::read(pki.path("ca.pem")).unwrap());
+    fs::write(&bundle, both).unwrap();
+    open_and_bind(&url, &trusting(bundle)).expect("bundle with the CA second");
+
+    // The handshake is eager: `open` alone establishes the TLS session.
+    assert_eq!(wait_tls_sessions(&slapd, 3).len(), 3);
+    let conn = Connection::open(&url, &normal(), &trusting(pki.path("ca.pem"))).unwrap();
+    assert_eq!(wait_tls_sessions(&slapd, 4).len(), 4);
+    drop(conn);
+    assert_eq!(slapd.count_ops("BIND"), 3);
+}
+
+#[test]
+fn untrusted_certificate_is_refused_unless_require_cert_allows() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "rogue-server", &[]);
+    let ldaps = slapd.ldaps_url();
+    let with = |require_cert, starttls| TlsSettings {
+        require_cert,
+        starttls,
+        ..trusting(pki.path("ca.pem"))
+    };
+
+    let e = assert_refused(
+        open_and_bind(&ldaps, &with(RequireCert::Demand, false)),
+        &slapd,
+        TlsFailure::CertificateRejected,
+    );
+    assert!(
+        e.to_string().starts_with("TLS: certificate verify failed"),
+        "{e}"
+    );
+    println!("untrusted ldaps://, Demand: {e}");
+    let e = assert_refused(
+        open_and_bind(&slapd.url(), &with(RequireCert::Demand, true)),
+        &slapd,
+        TlsFailure::CertificateRejected,
+    );
+    println!("untrusted StartTLS, Demand: {e}");
+    // Try ends the session on a bad certificate, like Demand.
+    assert_refused(
+        open_and_bind(&ldaps, &with(RequireCert::Try, false)),
+        &slapd,
+        TlsFailure::CertificateRejected,
+    );
+    // No CA path: the system store, which does not hold our test CAs.
+    assert_refused(
+        open_and_bind(&ldaps, &TlsSettings::default()),
+        &slapd,
+        TlsFailure::CertificateRejected,
+    );
+
+    // Each handle has its own TLS context: Allow and Never on one handle change nothing for
+    // the next handle with Demand.
+    open_and_bind(&ldaps, &with(RequireCert::Allow, false)).expect("Allow accepts it");
+    open_and_bind(&ldaps, &with(RequireCert::Never, false)).expect("Never accepts it");
+    open_and_bind(&slapd.url(), &with(RequireCert::Never, true)).expect("StartTLS, Never");
+    assert_eq!(slapd.count_ops("BIND"), 3);
+    let e = open_and_bind(&ldaps, &with(RequireCert::Demand, false)).unwrap_err();
+    assert_eq!(e.tls_failure(), Some(TlsFailure::CertificateRejected));
+    assert_eq!(slapd.count_ops("BIND"), 3);
+}
+
+#[test]
+fn host_name_must_be_in_subject_alt_name() {
+    setup();
+    let pki = Pki::new();
+    // Signed by our CA, subjectAltName IP:127.0.0.9, CN=127.0.0.1: libldap's default would
+    // accept it by its CN; we check the subjectAltName only (REQUIRE_SAN try).
+    let slapd = tls_slapd(&pki, "wrong-host", &[]);
+    let with = |require_cert| TlsSettings {
+        require_cert,
+        ..trusting(pki.path("ca.pem"))
+    };
+    for level in [RequireCert::Demand, RequireCert::Try] {
+        assert_refused(
+            open_and_bind(&slapd.ldaps_url(), &with(level)),
+            &slapd,
+            TlsFailure::CertificateRejected,
+        );
+    }
+    assert_refused(
+        open_and_bind(
+            &slapd.url(),
+            &TlsSettings {
+                starttls: true,
+                ..with(RequireCert::Demand)
+            },
+        ),
+        &slapd,
+        TlsFailure::CertificateRejected,
+    );
+    // Allow checks the chain but not the host name; Never checks nothing.
+    open_and_bind(&slapd.ldaps_url(), &with(RequireCert::Allow)).expect("Allow");
+    open_and_bind(&slapd.ldaps_url(), &with(RequireCert::Never)).expect("Never");
+}
+
+#[test]
+fn starttls_with_the_right_ca() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "server", &[]);
+    let tls = TlsSettings {
+        starttls: true,
+        ..trusting(pki.path("ca.pem"))
+    };
+    let mut conn = Connection::open(&slapd.url(), &normal(), &tls).unwrap();
+    // StartTLS and the handshake happened in `open`, before anything else.
+    assert_eq!(slapd.wait_ops("STARTTLS", 1, Duration::from_secs(5)), 1);
+    assert_eq!(wait_tls_sessions(&slapd, 1).len(), 1);
+    conn.simple_bind(ALICE.dn, ALICE.password.as_bytes())
+        .unwrap();
+    let dns = conn
+        .search_dns(SUFFIX, Scope::Subtree, "(uid=bob)", 0)
+        .unwrap();
+    assert_eq!(dns, vec![BOB.dn.to_string()]);
+    // slapd logs the bind's security strength factor: it went over TLS.
+    let binds = log_lines(&slapd, &format!("BIND dn=\"{}\" mech=SIMPLE", ALICE.dn));
+    assert_eq!(binds.len(), 1, "{}", slapd.log());
+    assert!(!binds[0].ends_with(" ssf=0"), "{binds:?}");
+}
+
+#[test]
+fn starttls_refused_by_a_server_without_tls_sends_no_bind() {
+    setup();
+    let slapd = Slapd::start_default();
+    let tls = TlsSettings {
+        starttls: true,
+        require_cert: RequireCert::Never,
+        ..TlsSettings::default()
+    };
+    let started = Instant::now();
+    let e = Connection::open(&slapd.url(), &normal(), &tls).unwrap_err();
+    println!("StartTLS refused: {e} after {:?}", started.elapsed());
+    assert_eq!(e.tls_failure(), Some(TlsFailure::StartTlsRefused), "{e}");
+    assert_eq!(e.code, ResultCode::PROTOCOL_ERROR, "{e}");
+    assert!(e.is_transport() && e.is_tls());
+    assert!(
+        e.to_string()
+            .starts_with("TLS: the server refused StartTLS: Protocol error (2)"),
+        "{e}"
+    );
+    // The request reached the server, then nothing but the connection's close.
+    assert_eq!(slapd.wait_ops("closed", 1, Duration::from_secs(5)), 1);
+    assert_eq!(slapd.count_ops("EXT"), 1, "{}", slapd.log());
+    assert_eq!(slapd.count_ops("BIND"), 0, "{}", slapd.log());
+    assert_eq!(slapd.count_ops("SRCH"), 0, "{}", slapd.log());
+}
+
+#[test]
+fn client_certificate_required_by_the_server() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "server", &["TLSVerifyClient demand"]);
+    let without = trusting(pki.path("ca.pem"));
+    let with = TlsSettings {
+        cert_path: Some(pki.path("client.pem")),
+        key_path: Some(pki.path("client.key")),
+        ..without.clone()
+    };
+
+    // With TLS 1.3 the server judges our certificate after our side of the handshake is done:
+    // `open` may succeed, and then the first request fails. Either way: transport-class, and
+    // the server saw no bind.
+    for url in [slapd.ldaps_url(), slapd.url()] {
+        let tls = TlsSettings {
+            starttls: url.starts_with("ldap://"),
+            ..without.clone()
+        };
+        let e = match Connection::open(&url, &normal(), &tls) {
+            Err(e) => {
+                println!("{url} without a client certificate: open failed: {e}");
+                e
+            }
+            Ok(mut conn) => {
+                let e = conn
+                    .simple_bind(ALICE.dn, ALICE.password.as_bytes())
+                    .unwrap_err();
+                println!("{url} without a client certificate: open ok, bind failed: {e}");
+                e
+            }
+        };
+        assert!(e.is_transport(), "{e}");
+    }
+    assert_eq!(slapd.count_ops("BIND"), 0);
+
+    open_and_bind(&slapd.ldaps_url(), &with).expect("ldaps with a client certificate");
+    let starttls = TlsSettings {
+        starttls: true,
+        ..with.clone()
+    };
+    open_and_bind(&slapd.url(), &starttls).expect("StartTLS with a client certificate");
+    assert_eq!(slapd.count_ops("BIND"), 2);
+}
+
+#[test]
+fn minimum_tls_version() {
+    setup();
+    let pki = Pki::new();
+    let v13 = TlsSettings {
+        min_version: TlsVersion::V1_3,
+        ..trusting(pki.path("ca.pem"))
+    };
+    // A normal server: TLS 1.3 is negotiated.
+    let normal_server = tls_slapd(&pki, "server", &[]);
+    open_and_bind(&normal_server.ldaps_url(), &v13).expect("1.3 against a 1.3 server");
+    let sessions = wait_tls_sessions(&normal_server, 1);
+    assert!(!sessions.is_empty());
+    assert!(
+        sessions.iter().all(|l| l.contains("tls_proto=TLS1.3")),
+        "{sessions:?}"
+    );
+
+    // slapd has no maximum version, but Debian's slapd takes a GnuTLS priority string.
+    let old_server = tls_slapd(&pki, "server", &["TLSCipherSuite NORMAL:-VERS-TLS1.3"]);
+    let e = assert_refused(
+        open_and_bind(&old_server.ldaps_url(), &v13),
+        &old_server,
+        TlsFailure::Handshake,
+    );
+    println!("min 1.3 against a 1.2-only server: {e}");
+    let starttls = TlsSettings {
+        starttls: true,
+        ..v13.clone()
+    };
+    assert!(open_and_bind(&old_server.url(), &starttls)
+        .unwrap_err()
+        .is_transport());
+    assert_eq!(old_server.count_ops("BIND"), 0);
+    // The default minimum (1.2) accepts it.
+    open_and_bind(&old_server.ldaps_url(), &trusting(pki.path("ca.pem"))).expect("1.2");
+    let sessions = wait_tls_sessions(&old_server, 1);
+    assert!(
+        sessions.last().unwrap().contains("tls_proto=TLS1.2"),
+        "{sessions:?}"
+    );
+
+    // The default minimum (1.2) is enforced too: Debian's GnuTLS would otherwise negotiate
+    // TLS 1.1 (measured with ldapsearch), and libldap's PROTOCOL_MIN does not reach GnuTLS.
+    let ancient = tls_slapd(
+        &pki,
+        "server",
+        &["TLSCipherSuite NORMAL:-VERS-ALL:+VERS-TLS1.1:+VERS-TLS1.0"],
+    );
+    let e = assert_refused(
+        open_and_bind(&ancient.ldaps_url(), &trusting(pki.path("ca.pem"))),
+        &ancient,
+        TlsFailure::Handshake,
+    );
+    println!("min 1.2 against a 1.1-only server: {e}");
+}
+
+/// Accepts connections, answers the first request with a successful StartTLS response, then
+/// never sends another byte (the TLS handshake stalls).
+struct StartTlsThenSilent {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl StartTlsThenSilent {
+    fn start() -> StartTlsThenSilent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                // ExtendedRequest: 30 LL 02 <n> <id...> 77 ...; we need the message ID.
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n >= 5 && buf[0] == 0x30 && buf[1] < 0x80 && buf[2] == 0x02 {
+                    let id = &buf[4..4 + buf[3] as usize];
+                    let oid = b"1.3.6.1.4.1.1466.20037";
+                    let mut op = vec![0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00, 0x8a];
+                    op.push(oid.len() as u8);
+                    op.extend_from_slice(oid);
+                    let mut msg = vec![0x02, id.len() as u8];
+                    msg.extend_from_slice(id);
+                    msg.push(0x78);
+                    msg.push(op.len() as u8);
+                    msg.extend(op);
+                    let mut out = vec![0x30, msg.len() as u8];
+                    out.extend(msg);
+                    let _ = s.write_all(&out);
+                }
+                held.push(s);
+            }
+        });
+        StartTlsThenSilent {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StartTlsThenSilent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn silent_servers_fail_within_the_timeouts() {
+    setup();
+    let pki = Pki::new();
+    let hole = BlackHole::start();
+    let stall = StartTlsThenSilent::start();
+    let timeout = Duration::from_millis(1000);
+    let t = timeouts(1000, 1000);
+    let tls = trusting(pki.path("ca.pem"));
+    let starttls = TlsSettings {
+        starttls: true,
+        ..tls.clone()
+    };
+    let cases = [
+        // TCP accepted, no ServerHello: bounded by the connect timeout.
+        (
+            "ldaps:// to a silent server",
+            format!("ldaps://127.0.0.1:{}", hole.port()),
+            &tls,
+        ),
+        // No answer to the StartTLS request: bounded by the operation timeout.
+        ("StartTLS to a silent server", hole.url(), &starttls),
+        // StartTLS answered, then the handshake stalls: bounded by the connect timeout.
+        (
+            "StartTLS answered, handshake stalls",
+            format!("ldap://127.0.0.1:{}", stall.port),
+            &starttls,
+        ),
+    ];
+    for (what, url, settings) in cases {
+        let started = Instant::now();
+        let e = Connection::open(&url, &t, settings).unwrap_err();
+        let took = started.elapsed();
+        println!("{what}: {e} after {took:?}");
+        assert!(e.is_transport() && e.is_timeout(), "{what}: {e}");
+        assert!(took >= timeout * 9 / 10, "{what}: too fast ({took:?}): {e}");
+        assert!(took < timeout * 3, "{what}: took {took:?}");
+    }
+}
+
+#[test]
+fn set_timeouts_bounds_the_next_request() {
+    setup();
+    let pki = Pki::new();
+    let mut slapd = tls_slapd(&pki, "server", &[]);
+    for (url, starttls) in [(slapd.ldaps_url(), false), (slapd.url(), true)] {
+        let tls = TlsSettings {
+            starttls,
+            ..trusting(pki.path("ca.pem"))
+        };
+        let mut conn = Connection::open(&url, &timeouts(10_000, 10_000), &tls).unwrap();
+        conn.simple_bind(ALICE.dn, ALICE.password.as_bytes())
+            .unwrap();
+        slapd.freeze();
+        conn.set_timeouts(&timeouts(10_000, 300)).unwrap();
+        let started = Instant::now();
+        let e = conn
+            .search_dns(SUFFIX, Scope::Subtree, "(uid=bob)", 0)
+            .unwrap_err();
+        let took = started.elapsed();
+        slapd.thaw();
+        println!("{url}: search against a frozen server: {e} after {took:?}");
+        assert!(e.is_timeout(), "{e}");
+        assert!(took < Duration::from_millis(900), "took {took:?}");
+
+        // A bind too (libldap's own LDAP_OPT_TIMEOUT, not our search argument).
+        let mut conn = Connection::open(&url, &timeouts(10_000, 10_000), &tls).unwrap();
+        slapd.freeze();
+        conn.set_timeouts(&timeouts(10_000, 300)).unwrap();
+        let started = Instant::now();
+        let e = conn
+            .simple_bind(BOB.dn, BOB.password.as_bytes())
+            .unwrap_err();
+        let took = started.elapsed();
+        slapd.thaw();
+        assert!(e.is_timeout(), "{e}");
+        assert!(took < Duration::from_millis(900), "took {took:?}");
+    }
+}
+
+// ============================================================================================
+// The environment cannot weaken TLS
+// ============================================================================================
+
+const CHILD_FLAG: &str = "VALKEYAUTH_TLS_ENV_CHILD";
+
+/// libldap reads `LDAPTLS_*` (and ldap.conf) once, at its first call in a process. So this
+/// runs the checks in a fresh copy of this test binary whose environment asks libldap to trust
+/// everything: `LDAPTLS_REQCERT=never`, the rogue CA in `LDAPTLS_CACERT`/`LDAPTLS_CACERTDIR`,
+/// our client certificate in `LDAPTLS_CERT`/`LDAPTLS_KEY`, `LDAPTLS_REQSAN=allow`, and a TLS
+/// 1.2-only `LDAPTLS_CIPHER_SUITE`.
+#[test]
+fn environment_cannot_weaken_tls() {
+    let pki = Pki::new();
+    let rogue = tls_slapd(&pki, "rogue-server", &[]);
+    let wrong_host = tls_slapd(&pki, "wrong-host", &[]);
+    let client_cert = tls_slapd(&pki, "server", &["TLSVerifyClient demand"]);
+    let rogue_dir = pki.path("rogue-dir");
+    fs::create_dir(&rogue_dir).unwrap();
+    fs::copy(pki.path("rogue-ca.pem"), rogue_dir.join("rogue.pem")).unwrap();
+
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "--exact",
+            "environment_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_FLAG, "1")
+        .env("LDAPTLS_REQCERT", "never")
+        .env("LDAPTLS_CACERT", pki.path("rogue-ca.pem"))
+        .env("LDAPTLS_CACERTDIR", &rogue_dir)
+        .env("LDAPTLS_CERT", pki.path("client.pem"))
+        .env("LDAPTLS_KEY", pki.path("client.key"))
+        .env("LDAPTLS_REQSAN", "allow")
+        .env("LDAPTLS_CIPHER_SUITE", "NORMAL:-VERS-ALL:+VERS-TLS1.2")
+        .env("TEST_PKI", pki.path(""))
+        .env("TEST_ROGUE_LDAPS", rogue.ldaps_url())
+        .env("TEST_ROGUE_LDAP", rogue.url())
+        .env("TEST_WRONG_HOST_LDAPS", wrong_host.ldaps_url())
+        .env("TEST_CLIENT_CERT_LDAPS", client_cert.ldaps_url())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("test result: ok. 1 passed"), "{text}");
+
+    assert_eq!(rogue.count_ops("BIND"), 0, "{:?}", rogue.ops("BIND"));
+    assert_eq!(wrong_host.count_ops("BIND"), 0);
+    // The one connection that worked used TLS 1.3, not the environment's 1.2-only suite.
+    assert_eq!(client_cert.count_ops("BIND"), 1);
+    let sessions = wait_tls_sessions(&client_cert, 1);
+    assert!(!sessions.is_empty());
+    assert!(
+        sessions.iter().all(|l| l.contains("tls_proto=TLS1.3")),
+        "{sessions:?}"
+    );
+}
+
+/// Runs only as the child of `environment_cannot_weaken_tls`.
+#[test]
+#[ignore = "run by environment_cannot_weaken_tls in a child process"]
+fn environment_child() {
+    if std::env::var_os(CHILD_FLAG).is_none() {
+        return;
+    }
+    let var = |name: &str| std::env::var(name).unwrap();
+    let pki = PathBuf::from(var("TEST_PKI"));
+    setup();
+
+    // Control: libldap did read the environment: its global defaults now trust the rogue CA
+    // and check nothing, so a handle that kept them would accept the rogue server.
+    assert_eq!(
+        global_int(valkeyauth::openldap_sys::LDAP_OPT_X_TLS_REQUIRE_CERT),
+        0
+    );
+    assert!(raw_ldaps_connect_with_global_defaults(&var(
+        "TEST_ROGUE_LDAPS"
+    )));
+
+    let ours = trusting(pki.join("ca.pem"));
+    let rejected = |url: &str, tls: &TlsSettings| {
+        let e = open_and_bind(url, tls).unwrap_err();
+        println!("{url}: {e}");
+        assert_eq!(
+            e.tls_failure(),
+            Some(TlsFailure::CertificateRejected),
+            "{e}"
+        );
+    };
+    // REQCERT=never and the rogue CA from the environment are not used...
+    rejected(&var("TEST_ROGUE_LDAPS"), &ours);
+    rejected(&var("TEST_ROGUE_LDAPS"), &TlsSettings::default());
+    rejected(
+        &var("TEST_ROGUE_LDAP"),
+        &TlsSettings {
+            starttls: true,
+            ..ours.clone()
+        },
+    );
+    // ...nor REQSAN=allow (the CN would match)...
+    rejected(&var("TEST_WRONG_HOST_LDAPS"), &ours);
+    // ...nor the client certificate...
+    let e = open_and_bind(&var("TEST_CLIENT_CERT_LDAPS"), &ours).unwrap_err();
+    assert!(e.is_transport(), "{e}");
+    // ...nor the cipher suite: this one must negotiate TLS 1.3 (checked by the parent).
+    let with_cert = TlsSettings {
+        cert_path: Some(pki.join("client.pem")),
+        key_path: Some(pki.join("client.key")),
+        min_version: TlsVersion::V1_3,
+        ..ours
+    };
+    open_and_bind(&var("TEST_CLIENT_CERT_LDAPS"), &with_cert).expect("our own settings work");
+}
+
+fn global_int(option: i32) -> i32 {
+    use valkeyauth::openldap_sys as sys;
+    let mut value: std::ffi::c_int = -1;
+    // SAFETY: NULL reads the global options; this option's out value is an int.
+    let status =
+        unsafe { sys::ldap_get_option(std::ptr::null_mut(), option, (&raw mut value).cast()) };
+    assert_eq!(status, sys::LDAP_OPT_SUCCESS);
+    value
+}
+
+/// A bare libldap handle (only a network timeout set) connecting to `url`: true if the TLS
+/// session came up with the global (environment) TLS settings.
+fn raw_ldaps_connect_with_global_defaults(url: &str) -> bool {
+    use valkeyauth::openldap_sys as sys;
+    let c_url = std::ffi::CString::new(url).unwrap();
+    let mut ld: *mut sys::LDAP = std::ptr::null_mut();
+    // SAFETY: valid C string; the handle is unbound below.
+    let rc = unsafe { sys::ldap_initialize(&raw mut ld, c_url.as_ptr()) };
+    assert_eq!(rc, 0);
+    let net = sys::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: live handle; this option takes a struct timeval *.
+    unsafe { sys::ldap_set_option(ld, sys::LDAP_OPT_NETWORK_TIMEOUT, (&raw const net).cast()) };
+    // SAFETY: live handle.
+    let rc = unsafe { sys::ldap_connect(ld) };
+    // SAFETY: live handle, freed once.
+    unsafe { sys::ldap_unbind_ext(ld, std::ptr::null_mut(), std::ptr::null_mut()) };
+    rc == 0
+}
