@@ -1,9 +1,12 @@
 //! Valkey glue for AUTH and HELLO AUTH.
 //!
-//! The auth callback checks the input, blocks the client and queues a job; it never touches the
-//! network. A worker asks the directory, stores the verdict and unblocks the client. Valkey then
-//! runs the reply callback on the main thread, which logs the client in as the ACL user of the
-//! same name or denies.
+//! The auth callback checks the input and the cache on the main thread. A cache hit is answered
+//! at once. Otherwise it blocks the client and queues a job (or, when an identical AUTH is
+//! already on its way to the directory, parks the client to share that answer); it never
+//! touches the network. A worker asks the directory, stores the verdict and unblocks the client.
+//! Valkey then runs the reply callback on the main thread, which logs the client in as the ACL
+//! user of the same name or denies, and the free callback, which updates the cache and releases
+//! the parked clients.
 
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -14,26 +17,32 @@ use valkey_module::{
     AUTH_NOT_HANDLED,
 };
 
+use crate::cache::{Fingerprint, Lookup};
 use crate::config::LocalFallback;
-use crate::engine::{Class, Engine, Outcome, Request};
-use crate::runtime::RUNTIME;
-use crate::stats::STATS;
+use crate::engine::{Class, Credentials, Engine, Outcome, Request};
+use crate::runtime::{Runtime, RUNTIME};
+use crate::stats::{Event, STATS};
 
 const UNAVAILABLE: &str = "valkeyauth: directory unavailable, try again later";
 const IN_MULTI: &str = "valkeyauth: AUTH inside MULTI is not supported";
 const BUSY: &str = "valkeyauth: too many pending logins, try again later";
 
 /// A queued AUTH. Dropping it unblocks the client: with a verdict stored, or without one, which
-/// the reply callback treats as an internal error (this is what a panicking worker leaves).
+/// the reply callback treats as an internal error.
 pub struct Job {
     request: Request,
     client: BlockedClient<Verdict>,
+    fingerprint: Fingerprint,
 }
 
-/// What the worker hands back to the main thread.
+/// What comes back to the main thread for one blocked client.
 pub struct Verdict {
     outcome: Outcome,
     fallback: LocalFallback,
+    fingerprint: Fingerprint,
+    /// Set on the AUTH that went to the directory (not on those that shared its answer): its
+    /// free callback records the answer in the cache and releases the others.
+    leader: Option<String>,
 }
 
 /// Redis 7.0 and older have no module authentication API.
@@ -57,22 +66,17 @@ pub fn on_auth(
     guarded(|| begin(ctx, &username, password.as_slice()))
 }
 
-fn begin(
-    ctx: &Context,
-    username_string: &ValkeyString,
-    password: &[u8],
-) -> Result<c_int, ValkeyError> {
-    let username = username_string.as_slice();
-    let guard = RUNTIME.lock();
-    let Some(runtime) = guard.as_ref() else {
+fn begin(ctx: &Context, username: &ValkeyString, password: &[u8]) -> Result<c_int, ValkeyError> {
+    let mut guard = RUNTIME.lock();
+    let Some(runtime) = guard.as_mut() else {
         return Ok(AUTH_NOT_HANDLED);
     };
     let settings = &runtime.generation.settings;
     if !settings.is_active() {
         return Ok(AUTH_NOT_HANDLED);
     }
-    if settings.is_exempt(username) {
-        STATS.record_exempt();
+    if settings.is_exempt(username.as_slice()) {
+        STATS.count(Event::ExemptPassthrough);
         return Ok(AUTH_NOT_HANDLED);
     }
     if ctx.get_flags().contains(ContextFlags::MULTI) {
@@ -81,30 +85,69 @@ fn begin(
         return Err(ValkeyError::Str(IN_MULTI));
     }
     let fallback = settings.local_fallback;
-    let request = match Request::new(Arc::clone(&runtime.generation), username, password) {
-        Ok(request) => request,
+    let credentials = match Credentials::check(username.as_slice(), password) {
+        Ok(credentials) => credentials,
         Err(outcome) => return conclude(outcome, fallback),
     };
+    let fingerprint = runtime.cache.fingerprint(credentials.username, password);
+    match runtime.cache.lookup(credentials.username, fingerprint) {
+        Lookup::Allowed => {
+            STATS.count(Event::CacheHit);
+            return log_in(ctx, username, fallback);
+        }
+        Lookup::Refused => {
+            STATS.count(Event::CacheNegativeHit);
+            return conclude(Outcome::BadCredentials, fallback);
+        }
+        Lookup::Miss => STATS.count(Event::CacheMiss),
+    }
     // Without an ACL user the login cannot succeed: asking the directory would only let clients
     // guess (or lock out) directory accounts that were never meant for Valkey.
-    if !acl_user_exists(username_string) {
+    if !acl_user_exists(username) {
         return conclude(Outcome::NoAclUser, fallback);
+    }
+    if let Some(parked) = runtime.waiting.get_mut(&fingerprint) {
+        STATS.count(Event::Coalesced);
+        parked.push(ctx.block_client_on_auth(on_reply, Some(on_free)));
+        return Ok(AUTH_HANDLED);
     }
     if runtime.pool.is_full() {
         return conclude(Outcome::Busy, fallback);
     }
-    let client = ctx.block_client_on_auth(on_reply, Some(on_free));
-    if let Err(job) = runtime.pool.submit(Job { request, client }) {
+    submit(ctx, runtime, credentials, fingerprint);
+    Ok(AUTH_HANDLED)
+}
+
+fn submit(
+    ctx: &Context,
+    runtime: &mut Runtime,
+    credentials: Credentials,
+    fingerprint: Fingerprint,
+) {
+    let job = Job {
+        request: Request::new(Arc::clone(&runtime.generation), credentials),
+        client: ctx.block_client_on_auth(on_reply, Some(on_free)),
+        fingerprint,
+    };
+    match runtime.pool.submit(job) {
+        Ok(()) => {
+            runtime.waiting.insert(fingerprint, Vec::new());
+        }
         // Only the main thread sends and the queue had room, so the channel was closed; the
         // client is still answered, through the reply callback.
-        deliver(job, Outcome::Busy);
+        Err(job) => deliver(job, Outcome::Busy),
     }
-    Ok(AUTH_HANDLED)
 }
 
 /// The worker's job handler.
 pub fn work(engine: &mut Engine, job: Job) {
-    let outcome = engine.authenticate(&job.request);
+    // Caught here as well as in the pool, so that a verdict is always delivered: clients
+    // parked behind this one are released only by it.
+    let outcome = catch_unwind(AssertUnwindSafe(|| engine.authenticate(&job.request)))
+        .unwrap_or_else(|_| {
+            *engine = Engine::default();
+            Outcome::InternalError
+        });
     deliver(job, outcome);
 }
 
@@ -112,10 +155,13 @@ fn deliver(job: Job, outcome: Outcome) {
     let Job {
         request,
         mut client,
+        fingerprint,
     } = job;
     let verdict = Verdict {
         outcome,
         fallback: request.generation.settings.local_fallback,
+        fingerprint,
+        leader: Some(request.username().to_owned()),
     };
     // The password is wiped before the client can run again.
     drop(request);
@@ -130,21 +176,83 @@ fn on_reply(
     verdict: Option<&Verdict>,
 ) -> Result<c_int, ValkeyError> {
     guarded(|| {
-        let (outcome, fallback) = verdict
-            .map_or((Outcome::InternalError, LocalFallback::Never), |v| {
-                (v.outcome, v.fallback)
-            });
-        let outcome = match outcome {
-            Outcome::Allowed if ctx.authenticate_client_with_acl_user(&username) != Status::Ok => {
-                Outcome::NoAclUser
-            }
-            other => other,
+        let Some(verdict) = verdict else {
+            return conclude(Outcome::InternalError, LocalFallback::Never);
         };
-        conclude(outcome, fallback)
+        let outcome = verdict.outcome;
+        if admitted_during_outage(&username, verdict) {
+            STATS.count(Event::CacheStaleOnOutage);
+            return log_in(ctx, &username, verdict.fallback);
+        }
+        match outcome {
+            Outcome::Allowed => log_in(ctx, &username, verdict.fallback),
+            other => conclude(other, verdict.fallback),
+        }
     })
 }
 
-fn on_free(_ctx: &Context, _verdict: Verdict) {}
+/// The outage window: a recent success with the same password admits it while no directory
+/// server can be reached.
+fn admitted_during_outage(username: &ValkeyString, verdict: &Verdict) -> bool {
+    let unreachable = matches!(verdict.outcome, Outcome::Unreachable | Outcome::Timeout);
+    let Ok(username) = std::str::from_utf8(username.as_slice()) else {
+        return false;
+    };
+    let mut guard = RUNTIME.lock();
+    match guard.as_mut() {
+        Some(runtime) if unreachable => runtime
+            .cache
+            .admits_during_outage(username, verdict.fingerprint),
+        _ => false,
+    }
+}
+
+/// Runs after the reply callback, or alone when the client went away meanwhile.
+fn on_free(_ctx: &Context, verdict: Verdict) {
+    let Some(username) = &verdict.leader else {
+        return;
+    };
+    let released = catch_unwind(AssertUnwindSafe(|| {
+        let mut guard = RUNTIME.lock();
+        let Some(runtime) = guard.as_mut() else {
+            return;
+        };
+        match verdict.outcome {
+            Outcome::Allowed => runtime.cache.record_success(username, verdict.fingerprint),
+            Outcome::BadCredentials | Outcome::UnknownUser => {
+                runtime.cache.record_refusal(verdict.fingerprint)
+            }
+            _ => {}
+        }
+        for mut parked in runtime
+            .waiting
+            .remove(&verdict.fingerprint)
+            .unwrap_or_default()
+        {
+            let _ = parked.set_blocked_private_data(Verdict {
+                leader: None,
+                ..verdict
+            });
+        }
+    }));
+    if released.is_err() {
+        log::warn!("valkeyauth: internal error while releasing waiting logins");
+    }
+}
+
+/// Logs the client in as the ACL user of the same name; without one (or with it disabled) the
+/// login is denied.
+fn log_in(
+    ctx: &Context,
+    username: &ValkeyString,
+    fallback: LocalFallback,
+) -> Result<c_int, ValkeyError> {
+    if ctx.authenticate_client_with_acl_user(username) == Status::Ok {
+        conclude(Outcome::Allowed, fallback)
+    } else {
+        conclude(Outcome::NoAclUser, fallback)
+    }
+}
 
 fn acl_user_exists(username: &ValkeyString) -> bool {
     // SAFETY: reads function pointers that module init filled in; nothing writes them after.
@@ -173,7 +281,7 @@ fn acl_user_exists(username: &ValkeyString) -> bool {
 fn conclude(outcome: Outcome, fallback: LocalFallback) -> Result<c_int, ValkeyError> {
     STATS.record(outcome);
     if outcome.class() != Class::Allowed && falls_back(outcome, fallback) {
-        STATS.record_local_fallback();
+        STATS.count(Event::LocalFallbackUsed);
         return Ok(AUTH_NOT_HANDLED);
     }
     match outcome.class() {

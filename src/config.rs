@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cache::Limits;
 use crate::ldap::{RequireCert, Scope, Timeouts, TlsSettings, TlsVersion};
 use crate::secret::Secret;
 
@@ -57,6 +58,7 @@ pub struct Settings {
     pub connection_max_idle: Duration,
     pub health_check_interval: Duration,
     pub tls: TlsSettings,
+    pub cache: Limits,
     pub exempt_users: Vec<String>,
     pub local_fallback: LocalFallback,
 }
@@ -69,6 +71,22 @@ impl Settings {
 
     pub fn is_exempt(&self, username: &[u8]) -> bool {
         self.exempt_users.iter().any(|u| u.as_bytes() == username)
+    }
+
+    /// Whether the directory would answer the same credentials the same way under both
+    /// configurations. When it might not, cached answers are dropped.
+    pub fn same_answers_as(&self, other: &Settings) -> bool {
+        self.servers == other.servers
+            && self.mode == other.mode
+            && self.bind_dn_prefix == other.bind_dn_prefix
+            && self.bind_dn_suffix == other.bind_dn_suffix
+            && self.search_base == other.search_base
+            && self.search_scope == other.search_scope
+            && self.search_filter == other.search_filter
+            && self.search_attribute == other.search_attribute
+            && self.search_bind_dn == other.search_bind_dn
+            && self.search_bind_passwd_file == other.search_bind_passwd_file
+            && self.tls == other.tls
     }
 
     /// Builds a snapshot from one value per entry of [`OPTIONS`], in order.
@@ -109,6 +127,12 @@ impl Settings {
             connection_max_idle: Duration::ZERO,
             health_check_interval: Duration::ZERO,
             tls: TlsSettings::default(),
+            cache: Limits {
+                ttl: Duration::ZERO,
+                negative_ttl: Duration::ZERO,
+                stale_on_outage: Duration::ZERO,
+                max_entries: 1,
+            },
             exempt_users: Vec::new(),
             local_fallback: LocalFallback::Never,
         }
@@ -429,6 +453,50 @@ pub static OPTIONS: &[OptionSpec] = &[
             set: |s, i| s.tls.min_version = [TlsVersion::V1_2, TlsVersion::V1_3][i],
         },
         doc: "Lowest TLS version accepted.",
+    },
+    OptionSpec {
+        name: "cache_ttl_s",
+        default: "30",
+        parser: Parser::Number {
+            min: 0,
+            max: 86_400,
+            set: |s, n| s.cache.ttl = Duration::from_secs(n),
+        },
+        doc: "How long a password the directory accepted is accepted again without asking it \
+              (same user, same password only). 0: off.",
+    },
+    OptionSpec {
+        name: "cache_max_entries",
+        default: "100000",
+        parser: Parser::Number {
+            min: 1,
+            max: 10_000_000,
+            set: |s, n| s.cache.max_entries = n as usize,
+        },
+        doc: "Bound of the cache; the least recently used entries go first.",
+    },
+    OptionSpec {
+        name: "negative_cache_ttl_s",
+        default: "10",
+        parser: Parser::Number {
+            min: 0,
+            max: 3600,
+            set: |s, n| s.cache.negative_ttl = Duration::from_secs(n),
+        },
+        doc: "Lockout shield: how long a password the directory refused is refused again \
+              without another bind. A different wrong password still goes to the directory. \
+              0: off.",
+    },
+    OptionSpec {
+        name: "cache_stale_on_outage_s",
+        default: "0",
+        parser: Parser::Number {
+            min: 0,
+            max: 604_800,
+            set: |s, n| s.cache.stale_on_outage = Duration::from_secs(n),
+        },
+        doc: "Outage window: only while no directory server can be reached, a password that \
+              succeeded up to this long ago is still accepted. 0: off.",
     },
     OptionSpec {
         name: "exempt_users",

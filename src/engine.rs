@@ -116,22 +116,17 @@ impl Generation {
     }
 }
 
-/// A checked AUTH, ready for the directory. Only [`Request::new`] makes one, so the engine never
-/// sees an empty password or a username it cannot put into a DN or a filter.
-#[derive(Debug)]
-pub struct Request {
-    pub generation: Arc<Generation>,
-    username: String,
-    password: Secret,
-    deadline: Instant,
+/// A username and password that passed the local checks: only [`Credentials::check`] makes
+/// one, so the directory never sees an empty password or a username it cannot put into a DN or
+/// a filter.
+#[derive(Clone, Copy)]
+pub struct Credentials<'a> {
+    pub username: &'a str,
+    pub password: &'a [u8],
 }
 
-impl Request {
-    pub fn new(
-        generation: Arc<Generation>,
-        username: &[u8],
-        password: &[u8],
-    ) -> Result<Request, Outcome> {
+impl<'a> Credentials<'a> {
+    pub fn check(username: &'a [u8], password: &'a [u8]) -> Result<Credentials<'a>, Outcome> {
         if username.is_empty() || username.len() > MAX_USERNAME_LEN || username.contains(&0) {
             return Err(Outcome::InvalidUsername);
         }
@@ -144,13 +139,28 @@ impl Request {
         if password.len() > MAX_PASSWORD_LEN {
             return Err(Outcome::PasswordTooLong);
         }
+        Ok(Credentials { username, password })
+    }
+}
+
+/// An AUTH on its way to the directory.
+#[derive(Debug)]
+pub struct Request {
+    pub generation: Arc<Generation>,
+    username: String,
+    password: Secret,
+    deadline: Instant,
+}
+
+impl Request {
+    pub fn new(generation: Arc<Generation>, credentials: Credentials) -> Request {
         let deadline = Instant::now() + generation.settings.auth_timeout;
-        Ok(Request {
+        Request {
             generation,
-            username: username.to_owned(),
-            password: Secret::new(password),
+            username: credentials.username.to_owned(),
+            password: Secret::new(credentials.password),
             deadline,
-        })
+        }
     }
 
     pub fn username(&self) -> &str {
@@ -401,7 +411,11 @@ mod tests {
     use super::*;
 
     fn request(user: &[u8], pass: &[u8]) -> Result<Request, Outcome> {
-        Request::new(Arc::new(Generation::new(Settings::defaults())), user, pass)
+        let credentials = Credentials::check(user, pass)?;
+        Ok(Request::new(
+            Arc::new(Generation::new(Settings::defaults())),
+            credentials,
+        ))
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub fn section(ctx: &InfoContext, for_crash_report: bool) -> ValkeyResult<()> {
             .field("servers", settings.servers.len() as u64)?
             .field("workers", runtime.pool.threads() as u64)?
             .field("queue_depth", runtime.pool.queued() as u64)?
-            .field("max_pending", runtime.pool.capacity() as u64)?;
+            .field("max_pending", runtime.pool.capacity() as u64)?
+            .field("cache_entries", runtime.cache.entries() as u64)?
+            .field("cache_evictions", runtime.cache.evictions)?;
         let health = &runtime.generation.health;
         let up = (0..settings.servers.len())
             .filter(|i| health.is_up(*i))

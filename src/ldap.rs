@@ -484,6 +484,15 @@ impl Drop for Message {
 /// Also sets global defaults that every new handle inherits: protocol v3 and
 /// no referral chasing (`Connection::open` sets them again per handle).
 ///
+/// It also initialises libldap's TLS library (GnuTLS or OpenSSL) here:
+/// libldap otherwise does that when it builds its first TLS context, with
+/// unlocked counters, i.e. in the first TLS `Connection::open` of some
+/// worker, possibly two at once. The public way there is to build the global
+/// default TLS context (`LDAP_OPT_X_TLS_NEWCTX` on the global options, from
+/// ldap.conf/`LDAPTLS_*`; about 18 ms with Debian's CA bundle). We never use
+/// that context: every TLS handle builds its own from [`TlsSettings`]. So its
+/// result is ignored (a broken `TLS_*` line in ldap.conf must not matter).
+///
 /// Idempotent: it only sets options to fixed values, so calling it again (the
 /// module unloaded and loaded again in the same process) is harmless. Errors
 /// are ignored here because each handle sets the same options and reports
@@ -503,7 +512,15 @@ pub fn try_init_global() -> Result<(), LdapError> {
         sys::LDAP_OPT_PROTOCOL_VERSION,
         (&raw const version).cast(),
     )?;
-    set_option(ptr::null_mut(), sys::LDAP_OPT_REFERRALS, sys::LDAP_OPT_OFF)
+    set_option(ptr::null_mut(), sys::LDAP_OPT_REFERRALS, sys::LDAP_OPT_OFF)?;
+    let client: c_int = 0;
+    // Ignored on purpose: see `init_global`.
+    let _ = set_option(
+        ptr::null_mut(),
+        sys::LDAP_OPT_X_TLS_NEWCTX,
+        (&raw const client).cast(),
+    );
+    Ok(())
 }
 
 /// `ldap_set_option` on a handle, or on the global defaults when `ld` is NULL.
@@ -654,7 +671,11 @@ impl Default for TlsSettings {
 }
 
 /// The CA bundle that [`TlsSettings::ca_path`] `None` stands for: the first
-/// of [`SYSTEM_CA_BUNDLES`] that is a file, or `None` if there is none.
+/// that is a file of `/etc/ssl/certs/ca-certificates.crt` (Debian, Ubuntu,
+/// Arch, Alpine), `/etc/pki/tls/certs/ca-bundle.crt` (Fedora, RHEL),
+/// `/etc/ssl/ca-bundle.pem` (openSUSE), `/etc/pki/tls/cacert.pem`,
+/// `/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem`, `/etc/ssl/cert.pem`;
+/// `None` if there is none.
 pub fn system_ca_bundle() -> Option<&'static Path> {
     SYSTEM_CA_BUNDLES
         .iter()
@@ -882,15 +903,28 @@ impl Connection {
     /// key pin, `REQUIRE_SAN` = try, in-memory certificates), so that nothing
     /// comes from `LDAPTLS_*`, ldap.conf or the global defaults; then
     /// `LDAP_OPT_X_TLS_NEWCTX` builds this handle's own TLS context.
-    /// - `ldaps://`: connects and completes the handshake now (bounded by
-    ///   `timeouts.connect`), so a bad certificate is an `open` error.
+    /// (Measured: a new handle inherits the global *levels*, e.g.
+    /// `LDAPTLS_REQCERT=never`, and, without its own context, uses the global
+    /// context built from ldap.conf/`LDAPTLS_*`; it does not inherit the file
+    /// names.)
+    /// - `ldaps://`: connects and completes the handshake now (TCP connect and
+    ///   handshake bounded by `timeouts.connect`), so a bad certificate is an
+    ///   `open` error.
     /// - `ldap://` with `starttls`: sends StartTLS now (`ldap_start_tls_s`;
     ///   request under `timeouts.operation`, handshake under
     ///   `timeouts.connect`).
     ///
-    /// On any TLS error the handle is unbound and freed before `open`
-    /// returns: nothing else is ever sent on it (no plaintext fallback).
-    /// See [`LdapError::tls_failure`] for the classification.
+    /// On any TLS error the handle is freed before `open` returns; the only
+    /// thing libldap still sends on it is the UnbindRequest that closes it
+    /// (no bind, no search: no plaintext fallback). See
+    /// [`LdapError::tls_failure`] for the classification.
+    ///
+    /// Cost (libldap 2.5.13, GnuTLS): building the context reads the CA file
+    /// each time: about 18 ms for Debian's 144-certificate bundle (`ca_path`
+    /// `None`), 0.05 ms for one CA. libldap's GnuTLS code leaks about 8 KB per
+    /// context when a priority string is set (always, for `min_version`) and
+    /// another 17 KB when a client certificate is loaded: keep TLS
+    /// connections open and reuse them.
     ///
     /// A plain `ldap://` connection without StartTLS does no network I/O here:
     /// it is made by the first request.

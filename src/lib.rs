@@ -6,6 +6,8 @@
 //! [`openldap_sys`]). Options are declared once in [`config`].
 
 pub mod auth;
+pub mod cache;
+pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod escape;
@@ -77,5 +79,8 @@ valkey_module! {
     info: info,
     // AUTH <user> <password> and HELLO <ver> AUTH <user> <password>
     auth: [on_auth],
-    commands: [],
+    commands: [
+        // VALKEYAUTH.CACHE FLUSH [username]
+        ["valkeyauth.cache", commands::cache, "admin deny-script", 0, 0, 0],
+    ],
 }

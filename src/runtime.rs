@@ -4,11 +4,14 @@
 //! Only the main thread touches it (auth callback, config callbacks, INFO, load and unload);
 //! workers and the checker get what they need through channels, so the lock is never contended.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use valkey_module::BlockedClient;
 
-use crate::auth::{self, Job};
+use crate::auth::{self, Job, Verdict};
+use crate::cache::{Cache, Fingerprint};
 use crate::config::{Settings, TLS_NEVER_WARNING};
 use crate::engine::{Engine, Generation};
 use crate::health::Checker;
@@ -17,6 +20,10 @@ use crate::pool::Pool;
 
 pub struct Runtime {
     pub generation: Arc<Generation>,
+    pub cache: Cache,
+    /// AUTHs waiting for an identical one already on its way to the directory, by fingerprint
+    /// of that one. They get its verdict when it comes back.
+    pub waiting: HashMap<Fingerprint, Vec<BlockedClient<Verdict>>>,
     pub pool: Pool<Job>,
     /// Pools replaced by a `workers` or `max_pending` change. They finish their queued jobs
     /// and are joined once their threads have left, so the main thread never waits on them.
@@ -46,10 +53,13 @@ fn warn_about(settings: &Settings) {
 pub fn start(settings: Settings) -> std::io::Result<()> {
     warn_about(&settings);
     let pool = start_pool(&settings)?;
+    let cache = Cache::new(settings.cache)?;
     let generation = Arc::new(Generation::new(settings));
     let checker = Checker::start(Arc::clone(&generation))?;
     *RUNTIME.lock() = Some(Runtime {
         generation,
+        cache,
+        waiting: HashMap::new(),
         pool,
         retired: Vec::new(),
         checker,
@@ -71,6 +81,10 @@ pub fn reconfigure(settings: Settings) -> std::io::Result<()> {
         let mut old = std::mem::replace(&mut runtime.pool, start_pool(&settings)?);
         old.close();
         runtime.retired.push(old);
+    }
+    runtime.cache.set_limits(settings.cache);
+    if !settings.same_answers_as(&runtime.generation.settings) {
+        runtime.cache.clear();
     }
     runtime.generation = Arc::new(Generation::new(settings));
     runtime.checker.update(Arc::clone(&runtime.generation));
