@@ -87,7 +87,7 @@ fn begin(ctx: &Context, username: &ValkeyString, password: &[u8]) -> Result<c_in
     let fallback = settings.local_fallback;
     let credentials = match Credentials::check(username.as_slice(), password) {
         Ok(credentials) => credentials,
-        Err(outcome) => return conclude(outcome, fallback),
+        Err(outcome) => return conclude(ctx, username, outcome, fallback),
     };
     let fingerprint = runtime.cache.fingerprint(credentials.username, password);
     match runtime.cache.lookup(credentials.username, fingerprint) {
@@ -97,14 +97,14 @@ fn begin(ctx: &Context, username: &ValkeyString, password: &[u8]) -> Result<c_in
         }
         Lookup::Refused => {
             STATS.count(Event::CacheNegativeHit);
-            return conclude(Outcome::BadCredentials, fallback);
+            return conclude(ctx, username, Outcome::BadCredentials, fallback);
         }
         Lookup::Miss => STATS.count(Event::CacheMiss),
     }
     // Without an ACL user the login cannot succeed: asking the directory would only let clients
     // guess (or lock out) directory accounts that were never meant for Valkey.
     if !acl_user_exists(username) {
-        return conclude(Outcome::NoAclUser, fallback);
+        return conclude(ctx, username, Outcome::NoAclUser, fallback);
     }
     if let Some(parked) = runtime.waiting.get_mut(&fingerprint) {
         STATS.count(Event::Coalesced);
@@ -112,7 +112,7 @@ fn begin(ctx: &Context, username: &ValkeyString, password: &[u8]) -> Result<c_in
         return Ok(AUTH_HANDLED);
     }
     if runtime.pool.is_full() {
-        return conclude(Outcome::Busy, fallback);
+        return conclude(ctx, username, Outcome::Busy, fallback);
     }
     submit(ctx, runtime, credentials, fingerprint);
     Ok(AUTH_HANDLED)
@@ -177,7 +177,7 @@ fn on_reply(
 ) -> Result<c_int, ValkeyError> {
     guarded(|| {
         let Some(verdict) = verdict else {
-            return conclude(Outcome::InternalError, LocalFallback::Never);
+            return conclude(ctx, &username, Outcome::InternalError, LocalFallback::Never);
         };
         let outcome = verdict.outcome;
         if admitted_during_outage(&username, verdict) {
@@ -186,7 +186,7 @@ fn on_reply(
         }
         match outcome {
             Outcome::Allowed => log_in(ctx, &username, verdict.fallback),
-            other => conclude(other, verdict.fallback),
+            other => conclude(ctx, &username, other, verdict.fallback),
         }
     })
 }
@@ -247,11 +247,12 @@ fn log_in(
     username: &ValkeyString,
     fallback: LocalFallback,
 ) -> Result<c_int, ValkeyError> {
-    if ctx.authenticate_client_with_acl_user(username) == Status::Ok {
-        conclude(Outcome::Allowed, fallback)
+    let outcome = if ctx.authenticate_client_with_acl_user(username) == Status::Ok {
+        Outcome::Allowed
     } else {
-        conclude(Outcome::NoAclUser, fallback)
-    }
+        Outcome::NoAclUser
+    };
+    conclude(ctx, username, outcome, fallback)
 }
 
 fn acl_user_exists(username: &ValkeyString) -> bool {
@@ -277,12 +278,22 @@ fn acl_user_exists(username: &ValkeyString) -> bool {
     true
 }
 
-/// Counts the outcome and turns it into the answer Valkey expects from an auth callback.
-fn conclude(outcome: Outcome, fallback: LocalFallback) -> Result<c_int, ValkeyError> {
+/// Counts the outcome and turns it into the answer Valkey expects from an auth callback. A
+/// denial is written to ACL LOG like a native one, with the reason as its object.
+fn conclude(
+    ctx: &Context,
+    username: &ValkeyString,
+    outcome: Outcome,
+    fallback: LocalFallback,
+) -> Result<c_int, ValkeyError> {
     STATS.record(outcome);
     if outcome.class() != Class::Allowed && falls_back(outcome, fallback) {
+        // Valkey's own check follows, and logs its own failure.
         STATS.count(Event::LocalFallbackUsed);
         return Ok(AUTH_NOT_HANDLED);
+    }
+    if outcome.class() == Class::Denied {
+        add_acl_log_entry(ctx, username, outcome);
     }
     match outcome.class() {
         // Handled without logging the client in: Valkey sends the standard WRONGPASS line.
@@ -290,6 +301,24 @@ fn conclude(outcome: Outcome, fallback: LocalFallback) -> Result<c_int, ValkeyEr
         Class::Outage if outcome == Outcome::Busy => Err(ValkeyError::Str(BUSY)),
         Class::Outage => Err(ValkeyError::Str(UNAVAILABLE)),
     }
+}
+
+fn add_acl_log_entry(ctx: &Context, username: &ValkeyString, outcome: Outcome) {
+    // SAFETY: reads a function pointer that module init filled in.
+    let Some(add) = (unsafe { raw::RedisModule_ACLAddLogEntryByUserName }) else {
+        return;
+    };
+    let object = ValkeyString::create(None, format!("valkeyauth:{}", outcome.reason()));
+    // SAFETY: main thread, inside an auth or reply callback whose context names the client;
+    // both strings are live for the call, and Valkey copies what it keeps.
+    unsafe {
+        add(
+            ctx.ctx,
+            username.inner,
+            object.inner,
+            raw::RedisModuleACLLogEntryReason_REDISMODULE_ACL_LOG_AUTH,
+        )
+    };
 }
 
 fn falls_back(outcome: Outcome, fallback: LocalFallback) -> bool {

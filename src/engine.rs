@@ -84,6 +84,16 @@ impl Outcome {
         }
     }
 
+    /// The reason in ACL LOG and logs: the name without its class, e.g. `bad-credentials`.
+    pub fn reason(self) -> String {
+        let name = self.name();
+        let bare = name
+            .strip_prefix("denied_")
+            .or_else(|| name.strip_prefix("outage_"))
+            .unwrap_or(name);
+        bare.replace('_', "-")
+    }
+
     pub fn class(self) -> Class {
         match self {
             Outcome::Allowed => Class::Allowed,
