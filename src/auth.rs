@@ -33,6 +33,7 @@ pub struct Job {
     request: Request,
     client: BlockedClient<Verdict>,
     fingerprint: Fingerprint,
+    epoch: u64,
 }
 
 /// What comes back to the main thread for one blocked client.
@@ -40,6 +41,7 @@ pub struct Verdict {
     outcome: Outcome,
     fallback: LocalFallback,
     fingerprint: Fingerprint,
+    epoch: u64,
     /// Set on the AUTH that went to the directory (not on those that shared its answer): its
     /// free callback records the answer in the cache and releases the others.
     leader: Option<String>,
@@ -128,6 +130,7 @@ fn submit(
         request: Request::new(Arc::clone(&runtime.generation), credentials),
         client: ctx.block_client_on_auth(on_reply, Some(on_free)),
         fingerprint,
+        epoch: runtime.cache.epoch,
     };
     match runtime.pool.submit(job) {
         Ok(()) => {
@@ -156,11 +159,13 @@ fn deliver(job: Job, outcome: Outcome) {
         request,
         mut client,
         fingerprint,
+        epoch,
     } = job;
     let verdict = Verdict {
         outcome,
         fallback: request.generation.settings.local_fallback,
         fingerprint,
+        epoch,
         leader: Some(request.username().to_owned()),
     };
     // The password is wiped before the client can run again.
@@ -218,9 +223,10 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
             return;
         };
         match verdict.outcome {
+            _ if verdict.epoch != runtime.cache.epoch => {}
             Outcome::Allowed => runtime.cache.record_success(username, verdict.fingerprint),
             Outcome::BadCredentials | Outcome::UnknownUser => {
-                runtime.cache.record_refusal(verdict.fingerprint)
+                runtime.cache.record_refusal(username, verdict.fingerprint)
             }
             _ => {}
         }

@@ -52,6 +52,7 @@ pub struct Cache {
     positive: LruCache<String, Success>,
     negative: LruCache<Fingerprint, Instant>,
     pub evictions: u64,
+    pub epoch: u64,
 }
 
 impl Cache {
@@ -65,6 +66,7 @@ impl Cache {
             positive: LruCache::new(capacity),
             negative: LruCache::new(capacity),
             evictions: 0,
+            epoch: 0,
         })
     }
 
@@ -76,6 +78,7 @@ impl Cache {
             self.positive = LruCache::new(capacity);
             self.negative = LruCache::new(capacity);
             self.limits = limits;
+            self.epoch += 1;
         }
     }
 
@@ -128,6 +131,15 @@ impl Cache {
         }
     }
 
+    fn enforce_bound(&mut self) {
+        while self.entries() > self.limits.max_entries {
+            if self.negative.pop_lru().is_none() {
+                self.positive.pop_lru();
+            }
+            self.evictions += 1;
+        }
+    }
+
     pub fn record_success(&mut self, username: &str, fingerprint: Fingerprint) {
         self.negative.pop(&fingerprint);
         let longest = self.limits.ttl.max(self.limits.stale_on_outage);
@@ -143,9 +155,17 @@ impl Cache {
                 self.evictions += 1;
             }
         }
+        self.enforce_bound();
     }
 
-    pub fn record_refusal(&mut self, fingerprint: Fingerprint) {
+    pub fn record_refusal(&mut self, username: &str, fingerprint: Fingerprint) {
+        if self
+            .positive
+            .peek(username)
+            .is_some_and(|s| s.fingerprint == fingerprint)
+        {
+            self.positive.pop(username);
+        }
         if self.limits.negative_ttl.is_zero() {
             return;
         }
@@ -154,6 +174,7 @@ impl Cache {
                 self.evictions += 1;
             }
         }
+        self.enforce_bound();
     }
 
     /// Removes one user's entries, or all; returns how many were removed.
@@ -175,6 +196,7 @@ impl Cache {
 
     /// Drops every entry: the configuration that produced them changed.
     pub fn clear(&mut self) {
+        self.epoch += 1;
         self.positive.clear();
         self.negative.clear();
     }
@@ -228,7 +250,7 @@ mod tests {
         let f = c.fingerprint("alice", b"pw");
         let g = c.fingerprint("alice", b"bad");
         c.record_success("alice", f);
-        c.record_refusal(g);
+        c.record_refusal("alice", g);
         assert_eq!(c.lookup("alice", f), Lookup::Allowed);
         assert_eq!(c.lookup("alice", g), Lookup::Refused);
         std::thread::sleep(Duration::from_millis(40));
@@ -241,7 +263,7 @@ mod tests {
         let mut c = cache(0, 0, 0, 10);
         let f = c.fingerprint("alice", b"pw");
         c.record_success("alice", f);
-        c.record_refusal(f);
+        c.record_refusal("alice", f);
         assert_eq!(c.lookup("alice", f), Lookup::Miss);
         assert_eq!(c.entries(), 0);
     }
@@ -261,7 +283,7 @@ mod tests {
     fn success_clears_a_refusal_of_the_same_password() {
         let mut c = cache(60_000, 60_000, 0, 10);
         let f = c.fingerprint("alice", b"new-pw");
-        c.record_refusal(f);
+        c.record_refusal("alice", f);
         c.record_success("alice", f);
         assert_eq!(c.lookup("alice", f), Lookup::Allowed);
     }

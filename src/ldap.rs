@@ -15,8 +15,11 @@
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::openldap_sys as sys;
@@ -262,7 +265,10 @@ impl LdapError {
     }
 
     /// Our client-side deadline ran out (`TIMEOUT`, -5): `Timeouts::operation`
-    /// for a request, or `Timeouts::connect` for the TCP connect. Every timeout
+    /// for a request, or `Timeouts::connect` for the TCP connect and TLS
+    /// handshake (libldap reports a stalled `ldaps://` connect as
+    /// `SERVER_DOWN` without text; `Connection::open` reports it as
+    /// `TIMEOUT`, see [`Timeouts`]). Every timeout
     /// is also [`is_transport`](Self::is_transport). A server-side time limit
     /// (`TIMELIMIT_EXCEEDED`, 3) is a server answer and is not counted here.
     pub fn is_timeout(&self) -> bool {
@@ -490,8 +496,9 @@ impl Drop for Message {
 /// worker, possibly two at once. The public way there is to build the global
 /// default TLS context (`LDAP_OPT_X_TLS_NEWCTX` on the global options, from
 /// ldap.conf/`LDAPTLS_*`; about 18 ms with Debian's CA bundle). We never use
-/// that context: every TLS handle builds its own from [`TlsSettings`]. So its
-/// result is ignored (a broken `TLS_*` line in ldap.conf must not matter).
+/// that context: every TLS handle gets the one built from its
+/// [`TlsSettings`]. So its result is ignored (a broken `TLS_*` line in
+/// ldap.conf must not matter).
 ///
 /// Idempotent: it only sets options to fixed values, so calling it again (the
 /// module unloaded and loaded again in the same process) is harmless. Errors
@@ -529,8 +536,9 @@ fn set_option(ld: *mut sys::LDAP, option: c_int, value: *const c_void) -> Result
     // SAFETY: `ld` is NULL (global options) or a live handle we own
     // exclusively; every caller passes `value` as the type the option expects
     // (int *, struct timeval *, unsigned int *, LDAP_OPT_ON/OFF, a
-    // NUL-terminated char *, or NULL where the option accepts NULL to clear
-    // it), pointing at data that outlives the call; libldap copies the value.
+    // NUL-terminated char *, NULL where the option accepts NULL to clear it,
+    // or a live TLS context), pointing at data that outlives the call;
+    // libldap copies the value (or takes its own reference to the context).
     let status = unsafe { sys::ldap_set_option(ld, option, value) };
     check(ld, Ret::Option { option, status })
 }
@@ -627,16 +635,29 @@ impl TlsVersion {
     }
 }
 
-/// TLS for one connection. [`Connection::open`] applies all of it to its own
-/// handle and builds a fresh TLS context from it; nothing comes from
-/// `LDAPTLS_*` environment variables, `ldap.conf`/`ldaprc`, or other handles.
+/// TLS for one connection: what [`Connection::open`] uses for `ldaps://` URLs
+/// and StartTLS. Nothing comes from `LDAPTLS_*` environment variables,
+/// `ldap.conf`/`ldaprc`, or other handles.
 ///
 /// Host names: the server certificate must name the URL's host in a
 /// subjectAltName (DNS or IP); the common name is only consulted when the
 /// certificate has no subjectAltName at all (`LDAP_OPT_X_TLS_REQUIRE_SAN` =
 /// try, RFC 6125). libldap replaces a URL host `localhost` with the
 /// machine's host name for this check.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// **One TLS context per configuration.** libldap keeps the CA certificates,
+/// the client certificate and key, the certificate check level and the
+/// protocol versions in a TLS context. The first TLS `open` with these
+/// settings builds it (about 18 ms of CPU with Debian's CA bundle, and a
+/// libldap leak of 8 to 25 KB, see `vendor-notes/libldap.md`); every later
+/// `open` with the same `TlsSettings` or a clone of it, on any thread, shares
+/// it. Making or cloning a `TlsSettings` builds nothing (a `CONFIG SET` on
+/// Valkey's main thread stays cheap). The context is built again only when
+/// its inputs change: a file named here (or the system CA bundle) replaced
+/// or rewritten on disk, or the fields of a clone changed after the build.
+/// A build that failed is retried when the inputs change, else at most every
+/// 30 s; until then `open` returns the same error at once.
+#[derive(Clone)]
 pub struct TlsSettings {
     /// Send StartTLS on `ldap://` URLs before anything else (ignored for
     /// `ldaps://`, which is TLS from the first byte).
@@ -654,6 +675,11 @@ pub struct TlsSettings {
     pub key_path: Option<PathBuf>,
     pub require_cert: RequireCert,
     pub min_version: TlsVersion,
+    /// Not configuration: the TLS context built from the fields above,
+    /// shared by clones; ignored by `==` and `Debug`. Fill it with
+    /// `..TlsSettings::default()`. (Public only so that struct update syntax
+    /// works outside this module; its contents are private.)
+    pub context: TlsContextCache,
 }
 
 impl Default for TlsSettings {
@@ -666,7 +692,297 @@ impl Default for TlsSettings {
             key_path: None,
             require_cert: RequireCert::Demand,
             min_version: TlsVersion::V1_2,
+            context: TlsContextCache::default(),
         }
+    }
+}
+
+/// Compares the configuration fields only (not [`TlsSettings::context`]).
+impl PartialEq for TlsSettings {
+    fn eq(&self, other: &TlsSettings) -> bool {
+        self.starttls == other.starttls
+            && self.ca_path == other.ca_path
+            && self.cert_path == other.cert_path
+            && self.key_path == other.key_path
+            && self.require_cert == other.require_cert
+            && self.min_version == other.min_version
+    }
+}
+
+impl Eq for TlsSettings {}
+
+/// The configuration fields only (not [`TlsSettings::context`]).
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("starttls", &self.starttls)
+            .field("ca_path", &self.ca_path)
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("require_cert", &self.require_cert)
+            .field("min_version", &self.min_version)
+            .finish()
+    }
+}
+
+impl TlsSettings {
+    /// How many TLS contexts were built (or builds tried) for these settings
+    /// and their clones: 1 after any number of TLS opens while the settings
+    /// and their files stay the same. For tests and diagnostics.
+    pub fn tls_context_builds(&self) -> u64 {
+        self.context.shared.builds.load(Ordering::Relaxed)
+    }
+}
+
+/// How long a failed TLS context build is remembered while its inputs stay
+/// the same: opens meanwhile get the same error without parsing the files
+/// again (and without libldap's per-build leak).
+const FAILED_BUILD_RETRY: Duration = Duration::from_secs(30);
+
+/// The TLS context of a [`TlsSettings`] ([`TlsSettings::context`]): empty
+/// until the first TLS [`Connection::open`] builds it, then shared by every
+/// clone of the settings. Dropping the last clone drops this reference to
+/// the context; handles still using it hold their own.
+#[derive(Clone, Default)]
+pub struct TlsContextCache {
+    shared: Arc<ContextSlot>,
+}
+
+impl fmt::Debug for TlsContextCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsContextCache")
+            .field("builds", &self.shared.builds.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct ContextSlot {
+    /// The last build. Locked while building, so that openers with the same
+    /// settings wait for one build instead of each making (and leaking) one.
+    last: Mutex<Option<Build>>,
+    builds: AtomicU64,
+}
+
+/// A build: what it was made from, what came out, and when.
+struct Build {
+    inputs: ContextInputs,
+    result: Result<Arc<TlsContext>, LdapError>,
+    at: Instant,
+}
+
+impl TlsContextCache {
+    /// The context for `inputs`: the last one built if it was built from the
+    /// same inputs, else a new one, which replaces it. A failed build is
+    /// returned again (cloned) for the same inputs during
+    /// [`FAILED_BUILD_RETRY`]. `tls` names the files in a build error.
+    fn get(&self, inputs: ContextInputs, tls: &TlsSettings) -> Result<Arc<TlsContext>, LdapError> {
+        // A panic while building leaves the previous build in place, which is
+        // consistent: keep using the slot.
+        let mut last = self
+            .shared
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(build) = last.as_ref().filter(|build| build.inputs == inputs) {
+            match &build.result {
+                Ok(context) => return Ok(Arc::clone(context)),
+                Err(e) if build.at.elapsed() < FAILED_BUILD_RETRY => return Err(e.clone()),
+                Err(_) => {}
+            }
+        }
+        self.shared.builds.fetch_add(1, Ordering::Relaxed);
+        let result = TlsContext::build(&inputs, tls).map(Arc::new);
+        // Replacing the previous build drops our reference to its context;
+        // open handles keep theirs.
+        *last = Some(Build {
+            inputs,
+            result: result.clone(),
+            at: Instant::now(),
+        });
+        result
+    }
+}
+
+/// One reference to a libldap TLS context (`LDAP_OPT_X_TLS_CTX`: GnuTLS
+/// credentials and priority, or an OpenSSL `SSL_CTX`), dropped with
+/// `ldap_pvt_tls_ctx_free` in Drop; the context is freed with its last
+/// reference. libldap counts references under a lock (`tlsg_ctx_ref`/
+/// `tlsg_ctx_free` in tls_g.c; OpenSSL's `SSL_CTX_up_ref`/`SSL_CTX_free`);
+/// every handle given the context holds one of its own until it is freed.
+struct TlsContext {
+    ptr: *mut c_void,
+}
+
+// SAFETY: the context is only read once built. libldap never changes a
+// context after `LDAP_OPT_X_TLS_NEWCTX` returns; each TLS session made from
+// it (one per handle) only reads it: GnuTLS keeps pointers to the
+// credentials and priority (gnutls_credentials_set(3): credentials are meant
+// to be shared between threads; "read-only access to objects, for example
+// the credentials holding structures, is also thread-safe", GnuTLS manual,
+// Thread safety), OpenSSL's SSL_new reads a shared SSL_CTX. Our only calls on
+// it are taking a reference (`ldap_set_option`) and dropping ours
+// (`ldap_pvt_tls_ctx_free`), both under libldap's reference-count lock. So
+// the pointer may move to and be used from any thread, by several at once.
+unsafe impl Send for TlsContext {}
+// SAFETY: see `Send`: shared use is read-only or under libldap's lock.
+unsafe impl Sync for TlsContext {}
+
+impl TlsContext {
+    /// Builds a client TLS context from `inputs` on a handle of its own,
+    /// with every TLS option set explicitly (see
+    /// [`Connection::set_context_options`]), then takes a reference to it.
+    /// The handle is freed on return; the context lives on in ours.
+    fn build(inputs: &ContextInputs, tls: &TlsSettings) -> Result<TlsContext, LdapError> {
+        // NEWCTX builds from a handle's options (or from the global ones,
+        // which every handle falls back on: not ours to change). `builder`
+        // owns this handle, which never connects, and frees it on return.
+        let mut builder = Connection {
+            ld: ptr::null_mut(),
+            operation_timeout: sys::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+        };
+        // SAFETY: ldap_create stores a new handle (global options copied, no
+        // URI, no I/O) in `builder.ld`, which `builder` then owns.
+        let rc = unsafe { sys::ldap_create(&raw mut builder.ld) };
+        check(ptr::null_mut(), Ret::Code(rc)).map_err(|e| e.with_tls(TlsFailure::Settings))?;
+        if builder.ld.is_null() {
+            return Err(LdapError::tls_settings(
+                ResultCode::LOCAL_ERROR,
+                "ldap_create returned no handle",
+            ));
+        }
+        builder.set_context_options(inputs)?;
+        builder.clear_diagnostic()?;
+        let client: c_int = 0;
+        let built = builder.set(sys::LDAP_OPT_X_TLS_NEWCTX, (&raw const client).cast());
+        built.map_err(|_| {
+            // GnuTLS builds leave no reason (libldap logs it at debug level
+            // only): name the files.
+            let mut files = format!("CA {}", ca_display(tls));
+            if let (Some(cert), Some(key)) = (&tls.cert_path, &tls.key_path) {
+                files += &format!(", cert {}, key {}", cert.display(), key.display());
+            }
+            LdapError::tls_settings(
+                ResultCode::PARAM_ERROR,
+                &format!(
+                    "libldap cannot use {files} (not PEM, not a certificate/key pair, \
+                     or an encrypted key?)"
+                ),
+            )
+        })?;
+
+        let mut context = TlsContext {
+            ptr: ptr::null_mut(),
+        };
+        // SAFETY: `builder.ld` is our live handle; for LDAP_OPT_X_TLS_CTX the
+        // out value is a `void **` that receives the handle's context with a
+        // new reference (tls2.c, ldap_pvt_tls_get_option), which `context`
+        // owns and drops in Drop.
+        let status = unsafe {
+            sys::ldap_get_option(
+                builder.ld,
+                sys::LDAP_OPT_X_TLS_CTX,
+                (&raw mut context.ptr).cast::<c_void>(),
+            )
+        };
+        let option = sys::LDAP_OPT_X_TLS_CTX;
+        check(builder.ld, Ret::Option { option, status })
+            .map_err(|e| e.with_tls(TlsFailure::Settings))?;
+        if context.ptr.is_null() {
+            return Err(LdapError::tls_settings(
+                ResultCode::LOCAL_ERROR,
+                "libldap built no TLS context",
+            ));
+        }
+        Ok(context)
+    }
+}
+
+impl Drop for TlsContext {
+    fn drop(&mut self) {
+        let p = std::mem::replace(&mut self.ptr, ptr::null_mut());
+        if !p.is_null() {
+            // SAFETY: `p` is the one reference this value took with
+            // ldap_get_option(LDAP_OPT_X_TLS_CTX); it was nulled above, so it
+            // is dropped once. Handles that were given the context hold
+            // references of their own, so it is freed only after the last of
+            // them is freed too.
+            unsafe { sys::ldap_pvt_tls_ctx_free(p) };
+        }
+    }
+}
+
+/// What stat(2) says about a file read into a TLS context: replacing it
+/// (`update-ca-certificates`, a renewed client certificate moved into place)
+/// or rewriting it in place changes the inode, size, mtime or ctime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// Everything a TLS context is built from: the settings as they apply to
+/// this libldap (`ca_path` `None` resolved to the system bundle) and the
+/// stamps of every file read. Equal inputs give an equal context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ContextInputs {
+    backend: TlsBackend,
+    ca: CaSource,
+    cert: Option<CString>,
+    key: Option<CString>,
+    require_cert: RequireCert,
+    min_version: TlsVersion,
+    files: Vec<FileStamp>,
+}
+
+impl ContextInputs {
+    /// Resolves `tls` and checks that every file it names exists and is
+    /// readable (a [`TlsFailure::Settings`] error naming the file
+    /// otherwise), without parsing any: a few stat(2) calls, made on every
+    /// TLS open.
+    fn resolve(tls: &TlsSettings, backend: TlsBackend) -> Result<ContextInputs, LdapError> {
+        let mut files = Vec::new();
+        let ca = ca_source(tls, backend, &mut files)?;
+        let (cert, key) = match (&tls.cert_path, &tls.key_path) {
+            (Some(cert), Some(key)) => (
+                Some(tls_path(cert, "TLS client certificate", &mut files)?.0),
+                Some(tls_path(key, "TLS client key", &mut files)?.0),
+            ),
+            (None, None) => (None, None),
+            _ => {
+                return Err(LdapError::tls_settings(
+                    ResultCode::PARAM_ERROR,
+                    "a TLS client certificate needs both a certificate and a key path",
+                ))
+            }
+        };
+        Ok(ContextInputs {
+            backend,
+            ca,
+            cert,
+            key,
+            require_cert: tls.require_cert,
+            min_version: tls.min_version,
+            files,
+        })
     }
 }
 
@@ -724,6 +1040,7 @@ fn tls_backend() -> Result<TlsBackend, LdapError> {
 }
 
 /// Where the trusted CAs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum CaSource {
     File(CString),
     Dir(CString),
@@ -732,17 +1049,34 @@ enum CaSource {
 }
 
 /// A path for libldap, checked to be readable now so that a mistake gives a
-/// clear [`TlsFailure::Settings`] error instead of a failed handshake.
-fn tls_path(path: &Path, what: &str) -> Result<(CString, bool), LdapError> {
+/// clear [`TlsFailure::Settings`] error instead of a failed handshake. Adds
+/// its stamp to `files` (for a directory: its own and each entry's, by name).
+fn tls_path(
+    path: &Path,
+    what: &str,
+    files: &mut Vec<FileStamp>,
+) -> Result<(CString, bool), LdapError> {
     let bad = |reason: &dyn fmt::Display| {
         LdapError::tls_settings(
             ResultCode::PARAM_ERROR,
             &format!("{what} {}: {reason}", path.display()),
         )
     };
-    let is_dir = std::fs::metadata(path).map_err(|e| bad(&e))?.is_dir();
+    let meta = std::fs::metadata(path).map_err(|e| bad(&e))?;
+    files.push(FileStamp::of(&meta));
+    let is_dir = meta.is_dir();
     if is_dir {
-        std::fs::read_dir(path).map_err(|e| bad(&e))?;
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| bad(&e))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .collect();
+        entries.sort();
+        // Following symbolic links (OpenSSL's hashed names are links);
+        // a dangling one is skipped, as the TLS library skips it.
+        let stamps = entries
+            .iter()
+            .filter_map(|entry| std::fs::metadata(entry).ok());
+        files.extend(stamps.map(|meta| FileStamp::of(&meta)));
     } else {
         std::fs::File::open(path).map_err(|e| bad(&e))?;
     }
@@ -751,9 +1085,13 @@ fn tls_path(path: &Path, what: &str) -> Result<(CString, bool), LdapError> {
     Ok((c_path, is_dir))
 }
 
-fn ca_source(tls: &TlsSettings, backend: TlsBackend) -> Result<CaSource, LdapError> {
+fn ca_source(
+    tls: &TlsSettings,
+    backend: TlsBackend,
+    files: &mut Vec<FileStamp>,
+) -> Result<CaSource, LdapError> {
     if let Some(path) = &tls.ca_path {
-        let (c_path, is_dir) = tls_path(path, "TLS CA path")?;
+        let (c_path, is_dir) = tls_path(path, "TLS CA path", files)?;
         return Ok(if is_dir {
             CaSource::Dir(c_path)
         } else {
@@ -761,7 +1099,7 @@ fn ca_source(tls: &TlsSettings, backend: TlsBackend) -> Result<CaSource, LdapErr
         });
     }
     if let Some(bundle) = system_ca_bundle() {
-        let (c_path, _) = tls_path(bundle, "system CA bundle")?;
+        let (c_path, _) = tls_path(bundle, "system CA bundle", files)?;
         return Ok(CaSource::File(c_path));
     }
     let needs_ca = matches!(tls.require_cert, RequireCert::Demand | RequireCert::Try);
@@ -777,10 +1115,19 @@ fn ca_source(tls: &TlsSettings, backend: TlsBackend) -> Result<CaSource, LdapErr
     ))
 }
 
+/// `ca_path` for messages, or the system bundle it stands for.
+fn ca_display(tls: &TlsSettings) -> String {
+    let path: Option<&Path> = match &tls.ca_path {
+        Some(path) => Some(path),
+        None => system_ca_bundle(),
+    };
+    path.map_or_else(|| "(none)".to_owned(), |p| p.display().to_string())
+}
+
 /// Where a TLS session was being set up when an error happened.
 #[derive(Debug, Clone, Copy)]
 enum TlsStage {
-    /// `ldap_connect` of an `ldaps://` URL; `timed_out`: it took at least the
+    /// `ldap_connect` of an `ldaps://` URL; `timed_out`: it took (about) the
     /// connect timeout.
     Ldaps { timed_out: bool },
     /// `ldap_start_tls_s`.
@@ -897,16 +1244,21 @@ impl Connection {
     /// counts the time already spent), TCP keepalive tuning, and
     /// `TCP_USER_TIMEOUT` = connect + operation.
     ///
-    /// TLS: for an `ldaps://` URL, or with `tls.starttls`, every TLS option
-    /// of [`TlsSettings`] is set on this handle, together with the ones we do
-    /// not offer (cipher suite or GnuTLS priority, CRL file and checks, curve,
-    /// key pin, `REQUIRE_SAN` = try, in-memory certificates), so that nothing
-    /// comes from `LDAPTLS_*`, ldap.conf or the global defaults; then
-    /// `LDAP_OPT_X_TLS_NEWCTX` builds this handle's own TLS context.
-    /// (Measured: a new handle inherits the global *levels*, e.g.
-    /// `LDAPTLS_REQCERT=never`, and, without its own context, uses the global
-    /// context built from ldap.conf/`LDAPTLS_*`; it does not inherit the file
-    /// names.)
+    /// TLS: for an `ldaps://` URL, or with `tls.starttls`, the handle gets
+    /// the TLS context of `tls` (`LDAP_OPT_X_TLS_CTX`), built on the first
+    /// such `open` and shared afterwards (see [`TlsSettings`]). The context is
+    /// built on a handle of its own with every TLS option of [`TlsSettings`]
+    /// set, together with the ones we do not offer (cipher suite or GnuTLS
+    /// priority, CRL file and checks, curve, key pin, `REQUIRE_SAN` = try,
+    /// in-memory certificates), so that nothing comes from `LDAPTLS_*`,
+    /// ldap.conf or the global defaults. The options that libldap reads from
+    /// the connection's handle itself (`REQUIRE_CERT`, `REQUIRE_SAN`, key pin)
+    /// are set on each handle. (Measured: a new handle inherits the global
+    /// *levels*, e.g. `LDAPTLS_REQCERT=never`, and, without a context of its
+    /// own, uses the global context built from ldap.conf/`LDAPTLS_*`; it does
+    /// not inherit the file names.) Unusable settings (a missing or
+    /// unreadable file, a file that is not PEM) fail here with
+    /// [`TlsFailure::Settings`] before any I/O.
     /// - `ldaps://`: connects and completes the handshake now (TCP connect and
     ///   handshake bounded by `timeouts.connect`), so a bad certificate is an
     ///   `open` error.
@@ -919,12 +1271,13 @@ impl Connection {
     /// (no bind, no search: no plaintext fallback). See
     /// [`LdapError::tls_failure`] for the classification.
     ///
-    /// Cost (libldap 2.5.13, GnuTLS): building the context reads the CA file
-    /// each time: about 18 ms for Debian's 144-certificate bundle (`ca_path`
-    /// `None`), 0.05 ms for one CA. libldap's GnuTLS code leaks about 8 KB per
-    /// context when a priority string is set (always, for `min_version`) and
-    /// another 17 KB when a client certificate is loaded: keep TLS
-    /// connections open and reuse them.
+    /// Cost (libldap 2.5.13, GnuTLS): building the context parses the CA
+    /// file: about 18 ms for Debian's 144-certificate bundle (`ca_path`
+    /// `None`), 0.05 ms for one CA, and libldap's GnuTLS code leaks about 8 KB
+    /// per context (a priority string is always set, for `min_version`), plus
+    /// 17 KB when a client certificate is loaded. Both are paid once per
+    /// `TlsSettings` (and again only when its files change), not per `open`;
+    /// each later TLS `open` costs a few stat(2) calls plus the handshake.
     ///
     /// A plain `ldap://` connection without StartTLS does no network I/O here:
     /// it is made by the first request.
@@ -1001,7 +1354,9 @@ impl Connection {
             return Ok(conn);
         }
         let backend = tls_backend()?;
-        conn.apply_tls(tls, backend)?;
+        let inputs = ContextInputs::resolve(tls, backend)?;
+        let context = tls.context.get(inputs, tls)?;
+        conn.use_tls_context(&context, tls.require_cert)?;
         if implicit_tls {
             conn.connect_now(timeouts.connect.min(MAX_TIMEOUT), backend)?;
         }
@@ -1027,37 +1382,26 @@ impl Connection {
         Ok(())
     }
 
-    /// Sets every TLS option on this handle, then builds its TLS context
-    /// (`LDAP_OPT_X_TLS_NEWCTX`, last).
-    fn apply_tls(&mut self, tls: &TlsSettings, backend: TlsBackend) -> Result<(), LdapError> {
-        let ca = ca_source(tls, backend)?;
-        let (cert, key) = match (&tls.cert_path, &tls.key_path) {
-            (Some(cert), Some(key)) => (
-                Some(tls_path(cert, "TLS client certificate")?.0),
-                Some(tls_path(key, "TLS client key")?.0),
-            ),
-            (None, None) => (None, None),
-            _ => {
-                return Err(LdapError::tls_settings(
-                    ResultCode::PARAM_ERROR,
-                    "a TLS client certificate needs both a certificate and a key path",
-                ))
-            }
-        };
+    /// Sets every option a TLS context is built from on this (builder)
+    /// handle: the ones [`TlsSettings`] offers and the ones it does not
+    /// (cleared), so that nothing comes from `LDAPTLS_*` or ldap.conf.
+    fn set_context_options(&mut self, inputs: &ContextInputs) -> Result<(), LdapError> {
         let c_str = |value: &Option<CString>| value.as_ref().map_or(ptr::null(), |v| v.as_ptr());
-        let (ca_file, ca_dir) = match &ca {
+        let (ca_file, ca_dir) = match &inputs.ca {
             CaSource::File(file) => (file.as_ptr(), ptr::null()),
             CaSource::Dir(dir) => (ptr::null(), dir.as_ptr()),
             CaSource::Unset => (ptr::null(), ptr::null()),
         };
-        let require_cert = tls.require_cert.raw();
+        // The context keeps its own copy: GnuTLS checks the chain by it (the
+        // handle's copy decides the host name check, see `use_tls_context`).
+        let require_cert = inputs.require_cert.raw();
         // RFC 6125: with a subjectAltName present, the common name is not
         // used (libldap's default, allow, falls back to the CN).
         let require_san: c_int = sys::LDAP_OPT_X_TLS_TRY;
-        let min_version = tls.min_version.raw();
+        let min_version = inputs.min_version.raw();
         let no_max_version: c_int = 0;
-        let priority = match backend {
-            TlsBackend::GnuTls => tls.min_version.gnutls_priority().as_ptr(),
+        let priority = match inputs.backend {
+            TlsBackend::GnuTls => inputs.min_version.gnutls_priority().as_ptr(),
             // OpenSSL honours PROTOCOL_MIN; NULL = its default cipher list.
             TlsBackend::OpenSsl | TlsBackend::Other => ptr::null(),
         };
@@ -1067,8 +1411,8 @@ impl Connection {
             (sys::LDAP_OPT_X_TLS_CACERTFILE, ca_file.cast()),
             (sys::LDAP_OPT_X_TLS_CACERTDIR, ca_dir.cast()),
             (sys::LDAP_OPT_X_TLS_CACERT, ptr::null()),
-            (sys::LDAP_OPT_X_TLS_CERTFILE, c_str(&cert).cast()),
-            (sys::LDAP_OPT_X_TLS_KEYFILE, c_str(&key).cast()),
+            (sys::LDAP_OPT_X_TLS_CERTFILE, c_str(&inputs.cert).cast()),
+            (sys::LDAP_OPT_X_TLS_KEYFILE, c_str(&inputs.key).cast()),
             (sys::LDAP_OPT_X_TLS_CERT, ptr::null()),
             (sys::LDAP_OPT_X_TLS_KEY, ptr::null()),
             (
@@ -1096,7 +1440,7 @@ impl Connection {
             self.set(option, value)
                 .map_err(|e| e.with_tls(TlsFailure::Settings))?;
         }
-        if backend == TlsBackend::OpenSsl {
+        if inputs.backend == TlsBackend::OpenSsl {
             // OpenSSL builds only (GnuTLS builds refuse the option).
             let no_crl_check: c_int = sys::LDAP_OPT_X_TLS_CRL_NONE;
             self.set(
@@ -1105,18 +1449,42 @@ impl Connection {
             )
             .map_err(|e| e.with_tls(TlsFailure::Settings))?;
         }
+        Ok(())
+    }
 
-        self.clear_diagnostic()?;
-        let client: c_int = 0;
-        self.set(sys::LDAP_OPT_X_TLS_NEWCTX, (&raw const client).cast())
-            .map_err(|mut e| {
-                let reason = e.diagnostic_lossy();
-                e.diagnostic = format!(
-                    "libldap could not build a TLS context from the CA, certificate and key files ({reason})"
-                )
-                .into_bytes();
-                e.with_tls(TlsFailure::Settings)
-            })
+    /// Gives this handle the shared TLS `context` (libldap takes a reference
+    /// of the handle's own, dropped when the handle is freed), and sets the
+    /// TLS options that libldap reads from the handle, not from the context,
+    /// when it connects (tls2.c, tls_g.c): `REQUIRE_CERT` (whether the host
+    /// name is checked; the context's copy, equal to it, decides whether the
+    /// chain is), `REQUIRE_SAN`, and the public key pin (cleared). A new
+    /// handle inherits these from the global options, i.e. from
+    /// `LDAPTLS_REQCERT` and the like.
+    fn use_tls_context(
+        &mut self,
+        context: &TlsContext,
+        require_cert: RequireCert,
+    ) -> Result<(), LdapError> {
+        let require_cert = require_cert.raw();
+        let require_san: c_int = sys::LDAP_OPT_X_TLS_TRY;
+        let options: [(c_int, *const c_void); 4] = [
+            (
+                sys::LDAP_OPT_X_TLS_REQUIRE_CERT,
+                (&raw const require_cert).cast(),
+            ),
+            (
+                sys::LDAP_OPT_X_TLS_REQUIRE_SAN,
+                (&raw const require_san).cast(),
+            ),
+            (sys::LDAP_OPT_X_TLS_PEERKEY_HASH, ptr::null()),
+            // A `tls_ctx *`, kept alive by the caller's `Arc` for the call.
+            (sys::LDAP_OPT_X_TLS_CTX, context.ptr.cast_const()),
+        ];
+        for (option, value) in options {
+            self.set(option, value)
+                .map_err(|e| e.with_tls(TlsFailure::Settings))?;
+        }
+        Ok(())
     }
 
     /// `ldap_connect`: TCP connect and, for `ldaps://`, the TLS handshake.
@@ -1130,7 +1498,9 @@ impl Connection {
         // SAFETY: `self.ld` is our live handle; ldap_connect opens its default
         // connection, bounded by the handle's network timeout.
         let rc = unsafe { sys::ldap_connect(self.ld) };
-        let timed_out = started.elapsed() >= connect_timeout;
+        // libldap's own clock starts a little later and rounds to
+        // milliseconds: allow 10%.
+        let timed_out = started.elapsed() >= connect_timeout.mul_f64(0.9);
         check(self.ld, Ret::Code(rc))
             .map_err(|e| classify_tls_error(e, TlsStage::Ldaps { timed_out }, backend))
     }
@@ -1606,5 +1976,44 @@ mod tests {
     fn connection_is_send() {
         fn assert_send<T: Send>() {}
         assert_send::<Connection>();
+    }
+
+    #[test]
+    fn tls_settings_are_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<TlsSettings>();
+    }
+
+    #[test]
+    fn tls_settings_compare_and_print_configuration_only() {
+        setup();
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            operation: Duration::from_secs(1),
+        };
+        let ca = std::env::temp_dir().join(format!("valkeyauth-unit-ca-{}", std::process::id()));
+        std::fs::write(&ca, b"not a certificate\n").unwrap();
+        let tls = TlsSettings {
+            ca_path: Some(ca.clone()),
+            ..TlsSettings::default()
+        };
+        // A build (GnuTLS: of a context that trusts nothing) is recorded in
+        // the cache...
+        Connection::open("ldaps://127.0.0.1:1/", &t, &tls).unwrap_err();
+        assert_eq!(tls.tls_context_builds(), 1);
+        // ...which `==` and `Debug` ignore, and clones share.
+        let fresh = TlsSettings {
+            ca_path: Some(ca.clone()),
+            ..TlsSettings::default()
+        };
+        assert_eq!(fresh.tls_context_builds(), 0);
+        assert_eq!(tls, fresh);
+        assert_eq!(format!("{tls:?}"), format!("{fresh:?}"));
+        assert!(!format!("{tls:?}").contains("context"));
+        assert_eq!(tls.clone().tls_context_builds(), 1);
+        let mut other = tls.clone();
+        other.require_cert = RequireCert::Never;
+        assert_ne!(tls, other);
+        std::fs::remove_file(&ca).unwrap();
     }
 }

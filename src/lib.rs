@@ -42,6 +42,14 @@ fn init(ctx: &Context, args: &[ValkeyString]) -> Status {
     // libldap's global state is set up here, on the main thread, before any worker exists.
     ldap::init_global();
     stats::STATS.reset();
+    // The crate ignores the command table's categories below its Valkey 8.0 feature; without
+    // them a user with -@admin could empty the lockout shield.
+    if ctx.set_acl_category(c"valkeyauth.cache".as_ptr(), c"admin dangerous".as_ptr())
+        == Status::Err
+    {
+        log::error!("valkeyauth: not loading: cannot put VALKEYAUTH.CACHE in @admin");
+        return Status::Err;
+    }
     let started = valkey_config::load(ctx, args).and_then(|settings| {
         runtime::start(settings).map_err(|e| format!("cannot start workers: {e}"))
     });

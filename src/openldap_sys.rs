@@ -85,6 +85,13 @@ pub const LDAP_OPT_X_KEEPALIVE_INTERVAL: c_int = 0x6302;
 // TLS options (ldap_get_option(3), "TLS OPTIONS"). Strings are `char *`
 // (NULL clears), levels and versions `int *`, in-memory PEM/DER `struct
 // berval *` (NULL clears).
+/// The handle's TLS context (`tls_ctx *`: an OpenSSL `SSL_CTX *`, or
+/// libldap's own structure holding the GnuTLS credentials and priority).
+/// libldap reference-counts it (tls2.c): `ldap_set_option` takes a reference
+/// of its own (and drops the handle's previous one); `ldap_get_option` (out
+/// value `void **`) hands out a new reference, which the caller must drop
+/// with `ldap_pvt_tls_ctx_free`.
+pub const LDAP_OPT_X_TLS_CTX: c_int = 0x6001;
 pub const LDAP_OPT_X_TLS_CACERTFILE: c_int = 0x6002;
 pub const LDAP_OPT_X_TLS_CACERTDIR: c_int = 0x6003;
 pub const LDAP_OPT_X_TLS_CERTFILE: c_int = 0x6004;
@@ -169,6 +176,8 @@ pub const LDAP_X_CONNECTING: c_int = -18;
 
 extern "C" {
     // init.c / open.c
+    /// A handle with the global options and no URI; no I/O.
+    pub fn ldap_create(ldp: *mut *mut LDAP) -> c_int;
     pub fn ldap_initialize(ldp: *mut *mut LDAP, url: *const c_char) -> c_int;
     /// Opens the default connection now (2.5+), including the TLS handshake
     /// of an `ldaps://` URL.
@@ -233,4 +242,19 @@ extern "C" {
         serverctrls: *mut *mut LDAPControl,
         clientctrls: *mut *mut LDAPControl,
     ) -> c_int;
+}
+
+// ---------------------------------------------------------------------------
+// <ldap_pvt.h>: OpenLDAP's private header (not installed by libldap-dev)
+// ---------------------------------------------------------------------------
+
+extern "C" {
+    // tls2.c
+    /// Drops one reference to a TLS context (`LDAP_OPT_X_TLS_CTX`); frees it
+    /// with the last one. The only way to release the reference that
+    /// `ldap_get_option(LDAP_OPT_X_TLS_CTX)` hands out. Not in the installed
+    /// headers, but exported: `nm -D libldap-2.5.so.0` lists
+    /// `ldap_pvt_tls_ctx_free@@OPENLDAP_2.5`, and 2.6's `ldap.map` exports it
+    /// (`OPENLDAP_2.200`). Prototype from `include/ldap_pvt.h`.
+    pub fn ldap_pvt_tls_ctx_free(ctx: *mut c_void);
 }

@@ -7,11 +7,9 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
 use std::thread;
 use std::time::Duration;
 
-const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 const PEOPLE_SUFFIX: &str = ",ou=people,dc=example,dc=test";
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
@@ -70,70 +68,6 @@ fn whoami(c: &mut RawClient) -> String {
         .expect("ACL WHOAMI text")
 }
 
-/// The `valkeyauth_*` fields of `INFO valkeyauth`, without the prefix.
-fn counters(c: &mut RawClient) -> BTreeMap<String, u64> {
-    let text = c
-        .call(&[b"INFO", b"valkeyauth"])
-        .text()
-        .expect("INFO valkeyauth text");
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("valkeyauth_"))
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.parse().expect("numeric INFO field")))
-        .collect()
-}
-
-/// Counters that record why an AUTH ended the way it did.
-const OUTCOMES: [&str; 15] = [
-    "allowed",
-    "denied_bad_credentials",
-    "denied_unknown_user",
-    "denied_ambiguous_user",
-    "denied_empty_password",
-    "denied_password_too_long",
-    "denied_invalid_username",
-    "denied_no_acl_user",
-    "denied_internal_error",
-    "outage_unreachable",
-    "outage_timeout",
-    "outage_busy",
-    "outage_directory_error",
-    "exempt_passthrough",
-    "local_fallback_used",
-];
-
-/// Asserts every outcome counter: those in `expected` have that value, all others are 0.
-fn assert_outcomes_with(c: &mut RawClient, expected: &[(&str, u64)]) {
-    let got = counters(c);
-    for name in OUTCOMES {
-        let want = expected
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, v)| *v);
-        assert_eq!(got.get(name).copied(), Some(want), "{name}: {got:?}");
-    }
-    for (name, _) in expected {
-        assert!(OUTCOMES.contains(name), "unknown counter {name}");
-    }
-}
-
-fn assert_outcomes(v: &Valkey, expected: &[(&str, u64)]) {
-    assert_outcomes_with(&mut v.raw(), expected);
-}
-
-/// The `dn="..."` of each BIND request slapd received, as slapd renders it (harness probes
-/// left out).
-fn bind_dns(slapd: &Slapd) -> Vec<String> {
-    slapd
-        .ops("BIND")
-        .iter()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once(" BIND dn=\"")?;
-            rest.split_once("\" method=").map(|(dn, _)| dn.to_owned())
-        })
-        .collect()
-}
-
 // ---- the basics ------------------------------------------------------------------------------
 
 #[test]
@@ -184,19 +118,71 @@ fn unknown_directory_user_with_an_acl_user_is_wrongpass() {
 }
 
 #[test]
-fn directory_accepts_but_no_acl_user_is_wrongpass() {
+fn no_acl_user_is_wrongpass_without_asking_the_directory() {
     let slapd = Slapd::start_default();
-    let v = start_valkey(&slapd, &[]);
-    // carol is in the directory but has no Valkey ACL user.
-
+    // One worker: the fence login below reaches slapd after anything queued before it.
+    let v = start_valkey(&slapd, &["workers", "1"]);
+    add_acl_users(&v, &["alice"]);
+    // carol is in the directory but has no Valkey ACL user: her right password, a wrong one
+    // and HELLO AUTH are all refused before anything is sent to the directory.
     let (r, mut c) = login(&v, "carol", CAROL.password);
     assert_eq!(r, wrongpass());
     assert_eq!(whoami(&mut c), "default");
-    assert_eq!(bind_dns(&slapd), [CAROL.dn]);
+    assert_eq!(login(&v, "carol", "wrong").0, wrongpass());
     assert_eq!(
-        slapd.count_ops("mech=SIMPLE"),
+        v.raw()
+            .hello3_auth(b"carol", CAROL.password.as_bytes())
+            .error(),
+        Some(WRONGPASS)
+    );
+    // A name the directory does not know either.
+    assert_eq!(login(&v, "nobody", "any-password").0, wrongpass());
+    assert_eq!(
+        slapd.count_ops("ACCEPT"),
+        0,
+        "no connection to the directory"
+    );
+
+    // The fence: alice's bind is the first and only operation slapd ever saw.
+    assert_eq!(login(&v, "alice", ALICE.password).0, ok());
+    assert_eq!(slapd.wait_ops("BIND", 1, LOG_WAIT), 1);
+    assert_eq!(bind_dns(&slapd), [ALICE.dn]);
+    assert_eq!(slapd.count_ops("SRCH"), 0);
+    assert_outcomes(&v, &[("denied_no_acl_user", 4), ("allowed", 1)]);
+}
+
+/// The ACL user is checked again when the directory's answer comes back: one deleted while
+/// the bind was on its way cannot log in, although the directory accepted the password.
+#[test]
+fn acl_user_deleted_while_the_directory_checks_is_wrongpass() {
+    let mut slapd = Slapd::start_default();
+    let v = start_valkey(&slapd, &["workers", "1"]);
+    add_acl_users(&v, &["bob"]);
+    slapd.freeze();
+    let mut waiting = v.raw();
+    waiting
+        .send(&[b"AUTH", b"bob", BOB.password.as_bytes()])
+        .expect("send AUTH");
+    // The AUTH passed the first ACL check and waits on the frozen directory.
+    assert!(
+        waiting
+            .try_read_timeout(Duration::from_millis(300))
+            .is_err(),
+        "the AUTH was answered while the directory was frozen"
+    );
+    assert_eq!(
+        v.raw().call(&[b"ACL", b"DELUSER", b"bob"]),
+        Reply::Int(1),
+        "ACL DELUSER bob"
+    );
+    slapd.thaw();
+    assert_eq!(waiting.read(), wrongpass());
+    assert_eq!(whoami(&mut waiting), "default");
+    assert_eq!(bind_dns(&slapd), [BOB.dn]);
+    assert_eq!(
+        slapd.wait_ops("mech=SIMPLE", 1, LOG_WAIT),
         1,
-        "the directory accepted carol's bind"
+        "the directory accepted bob's bind"
     );
     assert_outcomes(&v, &[("denied_no_acl_user", 1)]);
 }
@@ -331,7 +317,7 @@ fn users_added_to_exempt_users_use_their_valkey_password() {
         b"CONFIG",
         b"SET",
         b"valkeyauth.exempt_users",
-        b"default bob",
+        b"default,bob",
     ]);
     assert!(r.is_ok(), "{r}");
 
@@ -366,7 +352,7 @@ fn without_servers_auth_is_plain_valkey() {
     );
 
     // The module saw nothing, not even as exempt.
-    let info = counters(&mut v.raw());
+    let info = counters(&v);
     assert_eq!(info.get("active"), Some(&0), "{info:?}");
     assert_eq!(info.get("servers"), Some(&0), "{info:?}");
     assert_outcomes(&v, &[]);

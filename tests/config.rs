@@ -7,9 +7,8 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 const BIND_SUFFIX: &str = ",ou=people,dc=example,dc=test";
 
 // --------------------------------------------------------------------------------------------
@@ -87,41 +86,9 @@ fn auth_ok(v: &Valkey, user: &FixtureUser, context: &str) {
     );
 }
 
-fn info_field(v: &Valkey, field: &str) -> u64 {
-    let info = v
-        .raw()
-        .call(&[b"INFO", b"valkeyauth"])
-        .text()
-        .expect("INFO");
-    let key = format!("valkeyauth_{field}:");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .unwrap_or_else(|| panic!("no {key} in INFO:\n{info}"))
-        .trim()
-        .parse()
-        .expect("number")
-}
-
-/// Threads of `pid` whose name starts with `valkeyauth-`.
-fn worker_threads(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("/proc/PID/task")
-        .flatten()
-        .filter(|t| {
-            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("valkeyauth-"))
-        })
-        .count()
-}
-
+/// Polls until `pid` has `want` worker threads (at most 10 s); returns the last count.
 fn wait_worker_threads(pid: u32, want: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = worker_threads(pid);
-        if n == want || Instant::now() >= deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(want, Duration::from_secs(10), || worker_threads(pid))
 }
 
 /// Every text a client or an operator can read about the running server.
@@ -151,7 +118,7 @@ fn everything_visible(v: &Valkey) -> String {
 #[test]
 fn config_get_shows_every_readme_option_with_its_default() {
     let options = readme_options();
-    assert_eq!(options.len(), 16, "README option table: {options:?}");
+    assert_eq!(options.len(), 25, "README option table: {options:?}");
     let v = Valkey::builder().module([] as [&str; 0]).start();
     let mut c = v.raw();
     let all = c.call(&[b"CONFIG", b"GET", b"valkeyauth.*"]);
@@ -190,6 +157,13 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                     "must name only a server",
                 ),
                 (b"ldap://a\nldap://b".to_vec(), "control characters"),
+                (
+                    b"ldap://user:pw@127.0.0.1".to_vec(),
+                    "must name only a server",
+                ),
+                (b"ldap://127.0.0.1:0".to_vec(), "has an invalid port"),
+                (b"ldap://127.0.0.1:65536".to_vec(), "has an invalid port"),
+                (b"ldaps://:636".to_vec(), "must name a host"),
             ],
         ),
         (
@@ -221,8 +195,9 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
             "search_filter",
             "(&(objectClass=person)(cn=*))".into(),
             vec![
-                (b"(a=b".to_vec(), "balanced parentheses"),
-                (b"".to_vec(), "non-empty LDAP filter"),
+                (b"(a=b".to_vec(), "must be one LDAP filter"),
+                (b"(a=b)(c=d)".to_vec(), "must be one LDAP filter"),
+                (b"".to_vec(), "must be one LDAP filter"),
             ],
         ),
         (
@@ -281,7 +256,70 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (b"1.5".to_vec(), "whole number from 1 to 600000"),
             ],
         ),
-        ("exempt_users", "default ops backup".into(), vec![]),
+        (
+            "auth_timeout_ms",
+            "2500".into(),
+            vec![
+                (b"0".to_vec(), "whole number from 1 to 600000"),
+                (b"600001".to_vec(), "whole number from 1 to 600000"),
+            ],
+        ),
+        (
+            "connection_max_idle_s",
+            "30".into(),
+            vec![
+                (b"0".to_vec(), "whole number from 1 to 86400"),
+                (b"86401".to_vec(), "whole number from 1 to 86400"),
+            ],
+        ),
+        (
+            "health_check_interval_ms",
+            "250".into(),
+            vec![
+                (b"9".to_vec(), "whole number from 10 to 600000"),
+                (b"600001".to_vec(), "whole number from 10 to 600000"),
+            ],
+        ),
+        (
+            "use_starttls",
+            "yes".into(),
+            vec![
+                (b"maybe".to_vec(), "must be one of: no, yes"),
+                (b"".to_vec(), "must be one of: no, yes"),
+            ],
+        ),
+        (
+            "tls_ca_cert_path",
+            "/etc/ssl/certs/ca-certificates.crt".into(),
+            vec![(b"/etc/ssl/ca\n.pem".to_vec(), "control characters")],
+        ),
+        (
+            "tls_cert_path",
+            "/etc/valkey/client.pem".into(),
+            vec![(b"/etc/valkey/\x07.pem".to_vec(), "control characters")],
+        ),
+        (
+            "tls_key_path",
+            "/etc/valkey/client.key".into(),
+            vec![(b"/etc/valkey/client.key\r".to_vec(), "control characters")],
+        ),
+        (
+            "tls_require_cert",
+            "allow".into(),
+            vec![(
+                b"sometimes".to_vec(),
+                "must be one of: never, allow, try, demand",
+            )],
+        ),
+        (
+            "tls_min_version",
+            "1.3".into(),
+            vec![
+                (b"1.1".to_vec(), "must be one of: 1.2, 1.3"),
+                (b"1.4".to_vec(), "must be one of: 1.2, 1.3"),
+            ],
+        ),
+        ("exempt_users", "default,ops backup".into(), vec![]),
         (
             "local_fallback",
             "unavailable".into(),
@@ -324,6 +362,68 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
     assert_eq!(info_field(&v, "active"), 1);
     let pid = v.pid();
     assert_eq!(wait_worker_threads(pid, 3), 3);
+}
+
+/// `search_filter` is exactly one RFC 4515 filter; `servers` name only servers, except
+/// `ldapi://`, whose part after the scheme is a socket path.
+#[test]
+fn filters_and_server_urls_are_checked_exactly() {
+    let v = Valkey::builder().module([] as [&str; 0]).start();
+    let mut c = v.raw();
+    for good in [
+        "(&(a=b)(c=d))",
+        "a=b",
+        "(a=b)",
+        "(!(a=b))",
+        "(|(objectClass=person)(&(ou=a)(!(cn=x\\29y))))",
+    ] {
+        set_ok(&mut c, "search_filter", good);
+        assert_eq!(config_get(&mut c, "search_filter"), good);
+    }
+    for bad in [
+        "(a=b)(c=d)",
+        "a=b)(c=d",
+        "(&)",
+        "(a=b))",
+        "((a=b))",
+        "(&(a=b)x)",
+    ] {
+        let r = config_set(&mut c, "search_filter", bad.as_bytes());
+        assert!(
+            r.error()
+                .is_some_and(|e| e.contains("must be one LDAP filter")),
+            "search_filter {bad:?}: {r}"
+        );
+    }
+    for good in [
+        "ldap://127.0.0.1",
+        "ldap://127.0.0.1:1,ldaps://h.example:65535/",
+        "ldap://[::1]:389",
+        "ldapi://%2Frun%2Fslapd%2Fldapi",
+    ] {
+        set_ok(&mut c, "servers", good);
+        assert_eq!(config_get(&mut c, "servers"), good);
+    }
+    for (bad, reason) in [
+        ("ldap://admin@127.0.0.1", "must name only a server"),
+        ("ldap://127.0.0.1:389/?base", "must name only a server"),
+        ("ldap://127.0.0.1:-1", "has an invalid port"),
+        ("ldap://127.0.0.1:http", "has an invalid port"),
+        ("ldap://", "must name a host"),
+        ("ldap://127.0.0.1 http://x", "is not an LDAP URL"),
+    ] {
+        let r = config_set(&mut c, "servers", bad.as_bytes());
+        assert!(
+            r.error().is_some_and(|e| e.contains(reason)),
+            "servers {bad:?}: expected {reason:?}, got {r}"
+        );
+    }
+    // The last good value is still in force.
+    assert_eq!(
+        config_get(&mut c, "servers"),
+        "ldapi://%2Frun%2Fslapd%2Fldapi"
+    );
+    assert_eq!(info_field(&v, "servers"), 1);
 }
 
 #[test]
@@ -374,14 +474,20 @@ fn valkey_conf_lines_are_loaded() {
         .config("valkeyauth.workers 3")
         .config("valkeyauth.max_pending 42")
         .config("valkeyauth.local_fallback unavailable")
-        .config("valkeyauth.exempt_users \"default ops\"")
+        .config("valkeyauth.exempt_users \"default,ops\"")
+        .config("valkeyauth.auth_timeout_ms 4000")
+        .config("valkeyauth.health_check_interval_ms 250")
+        .config("valkeyauth.tls_min_version 1.3")
         .start();
     let mut c = v.raw();
     assert_eq!(config_get(&mut c, "servers"), slapd.url());
     assert_eq!(config_get(&mut c, "bind_dn_suffix"), BIND_SUFFIX);
     assert_eq!(config_get(&mut c, "workers"), "3");
     assert_eq!(config_get(&mut c, "local_fallback"), "unavailable");
-    assert_eq!(config_get(&mut c, "exempt_users"), "default ops");
+    assert_eq!(config_get(&mut c, "exempt_users"), "default,ops");
+    assert_eq!(config_get(&mut c, "auth_timeout_ms"), "4000");
+    assert_eq!(config_get(&mut c, "health_check_interval_ms"), "250");
+    assert_eq!(config_get(&mut c, "tls_min_version"), "1.3");
     assert_eq!(info_field(&v, "workers"), 3);
     assert_eq!(info_field(&v, "max_pending"), 42);
     assert_eq!(wait_worker_threads(v.pid(), 3), 3);
@@ -530,6 +636,16 @@ fn config_rewrite_round_trips() {
         ("operation_timeout_ms", "2500".into()),
         ("local_fallback", "always".into()),
         ("search_scope", "one".into()),
+        ("auth_timeout_ms", "7000".into()),
+        ("connection_max_idle_s", "120".into()),
+        ("health_check_interval_ms", "300".into()),
+        ("use_starttls", "no".into()),
+        // Paths with a space; TLS settings are not used by ldap:// without StartTLS.
+        ("tls_ca_cert_path", "/etc/valkey/ca certs/ca.pem".into()),
+        ("tls_cert_path", "/etc/valkey/client.pem".into()),
+        ("tls_key_path", "/etc/valkey/client.key".into()),
+        ("tls_require_cert", "try".into()),
+        ("tls_min_version", "1.3".into()),
     ];
     let mut c = v.raw();
     for (name, value) in &values {

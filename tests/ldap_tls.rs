@@ -4,8 +4,10 @@
 //! Covers: `ldaps://` and StartTLS with a CA file and a CA directory; untrusted certificates
 //! and host names under each `RequireCert` level; StartTLS refused by a server without TLS (and
 //! no bind sent); client certificates; the minimum TLS version; silent servers (bounded by the
-//! timeouts); `set_timeouts` against a frozen server; and, in a child process started with
-//! `LDAPTLS_*` variables, that the environment cannot weaken or widen our settings.
+//! timeouts); `set_timeouts` against a frozen server; in a child process started with
+//! `LDAPTLS_*` variables, that the environment cannot weaken or widen our settings; and that
+//! one `TlsSettings` builds its TLS context once and shares it (across opens, failed opens and
+//! threads), builds it again when its files change, and never lends it to a changed clone.
 
 mod common;
 
@@ -96,7 +98,7 @@ impl Pki {
         let ca_dir = pki.path("ca-dir");
         fs::create_dir(&ca_dir).expect("mkdir ca-dir");
         fs::copy(pki.path("ca.pem"), ca_dir.join("ca.pem")).expect("copy ca.pem");
-        openssl(&["rehash".as_ref(), ca_dir.as_os_str()]);
+        openssl(&["rehash", &pki.arg("ca-dir")]);
         pki
     }
 
@@ -104,75 +106,82 @@ impl Pki {
         self.dir.path().join(name)
     }
 
+    /// `path(name)` as a string, for openssl's command line (temp paths are UTF-8).
+    fn arg(&self, name: &str) -> String {
+        self.path(name)
+            .to_str()
+            .expect("UTF-8 temp path")
+            .to_owned()
+    }
+
     fn make_ca(&self, name: &str, cn: &str) {
         openssl(&[
-            "req".as_ref(),
-            "-x509".as_ref(),
-            "-newkey".as_ref(),
-            "ec".as_ref(),
-            "-pkeyopt".as_ref(),
-            "ec_paramgen_curve:P-256".as_ref(),
-            "-nodes".as_ref(),
-            "-days".as_ref(),
-            "3".as_ref(),
-            "-subj".as_ref(),
-            format!("/CN={cn}").as_ref(),
-            "-addext".as_ref(),
-            "basicConstraints=critical,CA:TRUE".as_ref(),
-            "-addext".as_ref(),
-            "keyUsage=critical,keyCertSign,cRLSign".as_ref(),
-            "-keyout".as_ref(),
-            self.path(&format!("{name}.key")).as_os_str(),
-            "-out".as_ref(),
-            self.path(&format!("{name}.pem")).as_os_str(),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "3",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &self.arg(&format!("{name}.key")),
+            "-out",
+            &self.arg(&format!("{name}.pem")),
         ]);
     }
 
     fn make_leaf(&self, name: &str, ca: &str, cn: &str, extensions: &str, serial: u32) {
-        let csr = self.path(&format!("{name}.csr"));
-        let ext = self.path(&format!("{name}.ext"));
+        let (csr, ext) = (format!("{name}.csr"), format!("{name}.ext"));
         fs::write(
-            &ext,
+            self.path(&ext),
             format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{extensions}"),
         )
         .expect("write ext");
         openssl(&[
-            "req".as_ref(),
-            "-new".as_ref(),
-            "-newkey".as_ref(),
-            "ec".as_ref(),
-            "-pkeyopt".as_ref(),
-            "ec_paramgen_curve:P-256".as_ref(),
-            "-nodes".as_ref(),
-            "-subj".as_ref(),
-            format!("/CN={cn}").as_ref(),
-            "-keyout".as_ref(),
-            self.path(&format!("{name}.key")).as_os_str(),
-            "-out".as_ref(),
-            csr.as_os_str(),
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &self.arg(&format!("{name}.key")),
+            "-out",
+            &self.arg(&csr),
         ]);
         openssl(&[
-            "x509".as_ref(),
-            "-req".as_ref(),
-            "-in".as_ref(),
-            csr.as_os_str(),
-            "-CA".as_ref(),
-            self.path(&format!("{ca}.pem")).as_os_str(),
-            "-CAkey".as_ref(),
-            self.path(&format!("{ca}.key")).as_os_str(),
-            "-set_serial".as_ref(),
-            serial.to_string().as_ref(),
-            "-days".as_ref(),
-            "2".as_ref(),
-            "-extfile".as_ref(),
-            ext.as_os_str(),
-            "-out".as_ref(),
-            self.path(&format!("{name}.pem")).as_os_str(),
+            "x509",
+            "-req",
+            "-in",
+            &self.arg(&csr),
+            "-CA",
+            &self.arg(&format!("{ca}.pem")),
+            "-CAkey",
+            &self.arg(&format!("{ca}.key")),
+            "-set_serial",
+            &serial.to_string(),
+            "-days",
+            "2",
+            "-extfile",
+            &self.arg(&ext),
+            "-out",
+            &self.arg(&format!("{name}.pem")),
         ]);
     }
 }
 
-fn openssl(args: &[&std::ffi::OsStr]) {
+fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .stdin(Stdio::null())
@@ -825,4 +834,277 @@ fn raw_ldaps_connect_with_global_defaults(url: &str) -> bool {
     // SAFETY: live handle, freed once.
     unsafe { sys::ldap_unbind_ext(ld, std::ptr::null_mut(), std::ptr::null_mut()) };
     rc == 0
+}
+
+#[test]
+fn unusable_client_certificate_is_a_settings_error() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "server", &["TLSVerifyClient demand"]);
+    let with = |cert: &str, key: &str| TlsSettings {
+        cert_path: Some(pki.path(cert)),
+        key_path: Some(pki.path(key)),
+        ..trusting(pki.path("ca.pem"))
+    };
+    for (cert, key) in [
+        ("client.pem", "ca.pem"),      // not a key
+        ("client.pem", "server.key"),  // the key of another certificate
+        ("client.pem", "missing.key"), // no such file
+        ("client.key", "client.key"),  // not a certificate
+    ] {
+        let e = Connection::open(&slapd.ldaps_url(), &normal(), &with(cert, key)).unwrap_err();
+        println!("cert {cert}, key {key}: {e}");
+        assert_eq!(e.tls_failure(), Some(TlsFailure::Settings), "{e}");
+        assert!(!e.is_transport(), "{e}");
+    }
+    assert_eq!(
+        slapd.count_ops("ACCEPT"),
+        0,
+        "no connection was even opened"
+    );
+}
+
+// ============================================================================================
+// One TLS context per TlsSettings
+// ============================================================================================
+
+/// What building one TLS context costs with Debian's CA bundle (measured: 17.7 ms of CPU).
+const CONTEXT_BUILD_COST: Duration = Duration::from_millis(17);
+
+/// A CA file as large as a real one: the system bundle (about 144 certificates on Debian)
+/// followed by the test CA, so that parsing it costs what `ca_path` `None` costs.
+fn big_ca_bundle(pki: &Pki) -> PathBuf {
+    let mut pem = ldap::system_ca_bundle()
+        .map(|bundle| fs::read(bundle).expect("read the system CA bundle"))
+        .unwrap_or_default();
+    pem.extend(fs::read(pki.path("ca.pem")).unwrap());
+    let path = pki.path("big-bundle.pem");
+    fs::write(&path, pem).unwrap();
+    path
+}
+
+/// The same configuration in a new `TlsSettings` (with no context built yet): what every
+/// `CONFIG SET` makes.
+fn same_config(tls: &TlsSettings) -> TlsSettings {
+    TlsSettings {
+        starttls: tls.starttls,
+        ca_path: tls.ca_path.clone(),
+        cert_path: tls.cert_path.clone(),
+        key_path: tls.key_path.clone(),
+        require_cert: tls.require_cert,
+        min_version: tls.min_version,
+        ..TlsSettings::default()
+    }
+}
+
+#[test]
+fn one_tls_context_for_many_connections() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "server", &["TLSVerifyClient demand"]);
+    let url = slapd.ldaps_url();
+    let tls = TlsSettings {
+        cert_path: Some(pki.path("client.pem")),
+        key_path: Some(pki.path("client.key")),
+        ..trusting(big_ca_bundle(&pki))
+    };
+
+    // Before: one context per open (each new TlsSettings builds its own).
+    let fresh_opens = 5;
+    let started = Instant::now();
+    for _ in 0..fresh_opens {
+        Connection::open(&url, &normal(), &same_config(&tls))
+            .unwrap()
+            .close()
+            .unwrap();
+    }
+    let fresh_each = started.elapsed() / fresh_opens;
+
+    // Now: 200 opens with one TlsSettings build one context.
+    let opens = 200;
+    let started = Instant::now();
+    for i in 0..opens {
+        let mut conn = Connection::open(&url, &normal(), &tls).unwrap();
+        if i % 50 == 0 {
+            // The server demands a client certificate: a bind shows it was sent and accepted.
+            conn.simple_bind(ALICE.dn, ALICE.password.as_bytes())
+                .unwrap();
+        }
+        conn.close().unwrap();
+    }
+    let took = started.elapsed();
+    println!(
+        "{opens} ldaps opens with one TlsSettings: {took:?} ({:?} each); \
+         with a new TlsSettings each: {fresh_each:?} each",
+        took / opens
+    );
+    assert_eq!(tls.tls_context_builds(), 1);
+    assert_eq!(slapd.count_ops("BIND"), 4);
+    assert_eq!(
+        wait_tls_sessions(&slapd, (fresh_opens + opens) as usize).len(),
+        (fresh_opens + opens) as usize
+    );
+    // One build instead of 200: far less than 200 builds would cost on their own.
+    assert!(
+        took < CONTEXT_BUILD_COST * opens / 2,
+        "{opens} opens took {took:?}"
+    );
+}
+
+#[test]
+fn failed_opens_share_the_tls_context_too() {
+    setup();
+    let pki = Pki::new();
+    let tls = TlsSettings {
+        cert_path: Some(pki.path("client.pem")),
+        key_path: Some(pki.path("client.key")),
+        ..trusting(big_ca_bundle(&pki))
+    };
+    // ldaps:// to a port where nothing listens: libldap needs the context before it connects,
+    // so every open used to build one (and leak it) just to be refused.
+    let closed = format!("ldaps://127.0.0.1:{}", free_port());
+    let opens = 200;
+    let started = Instant::now();
+    for _ in 0..opens {
+        let e = Connection::open(&closed, &normal(), &tls).unwrap_err();
+        assert!(e.is_transport() && !e.is_tls(), "{e}");
+    }
+    let took = started.elapsed();
+    println!("{opens} refused ldaps opens: {took:?}");
+    assert_eq!(tls.tls_context_builds(), 1);
+    assert!(
+        took < CONTEXT_BUILD_COST * opens / 4,
+        "{opens} opens took {took:?}"
+    );
+}
+
+#[test]
+fn tls_context_is_shared_across_threads() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "server", &["TLSVerifyClient demand"]);
+    let tls = TlsSettings {
+        cert_path: Some(pki.path("client.pem")),
+        key_path: Some(pki.path("client.key")),
+        ..trusting(pki.path("ca.pem"))
+    };
+    let starttls = TlsSettings {
+        starttls: true,
+        ..tls.clone()
+    };
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            // Clones share the context: two workers use StartTLS, two ldaps://.
+            let (tls, url) = if i % 2 == 0 {
+                (tls.clone(), slapd.ldaps_url())
+            } else {
+                (starttls.clone(), slapd.url())
+            };
+            thread::spawn(move || {
+                for _ in 0..20 {
+                    open_and_bind(&url, &tls).expect("open and bind");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+    assert_eq!(slapd.count_ops("BIND"), 80);
+    assert_eq!(tls.tls_context_builds(), 1);
+    assert_eq!(starttls.tls_context_builds(), 1);
+}
+
+#[test]
+fn tls_context_is_built_again_when_its_files_change() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "server", &["TLSVerifyClient demand"]);
+    let url = slapd.ldaps_url();
+    // Copies that the test replaces, as an operator renewing a certificate would.
+    let (ca, cert, key) = (
+        pki.path("live-ca.pem"),
+        pki.path("live-client.pem"),
+        pki.path("live-client.key"),
+    );
+    let tls = TlsSettings {
+        cert_path: Some(cert.clone()),
+        key_path: Some(key.clone()),
+        ..trusting(ca.clone())
+    };
+
+    // A missing file: a settings error, and nothing built.
+    let e = open_and_bind(&url, &tls).unwrap_err();
+    assert_eq!(e.tls_failure(), Some(TlsFailure::Settings), "{e}");
+    assert!(e.to_string().contains("live-ca.pem"), "{e}");
+    assert_eq!(tls.tls_context_builds(), 0);
+
+    // The files appear: the same settings work, and keep their context.
+    fs::copy(pki.path("ca.pem"), &ca).unwrap();
+    fs::copy(pki.path("client.pem"), &cert).unwrap();
+    fs::copy(pki.path("client.key"), &key).unwrap();
+    open_and_bind(&url, &tls).expect("files in place");
+    open_and_bind(&url, &tls).expect("again");
+    assert_eq!(tls.tls_context_builds(), 1);
+
+    // The key is replaced by something that is not a key: the next open builds again and
+    // reports it; the next ones report it again without building (the files did not change).
+    let replace = |path: &PathBuf, with: &str| {
+        let tmp = path.with_extension("new");
+        fs::copy(pki.path(with), &tmp).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    };
+    replace(&key, "ca.pem");
+    for _ in 0..3 {
+        let e = Connection::open(&url, &normal(), &tls).unwrap_err();
+        assert_eq!(e.tls_failure(), Some(TlsFailure::Settings), "{e}");
+        assert!(!e.is_transport(), "{e}");
+        assert!(e.to_string().contains("live-client.key"), "{e}");
+    }
+    assert_eq!(tls.tls_context_builds(), 2);
+
+    // Fixed on disk: the same settings work again, without a new TlsSettings.
+    replace(&key, "client.key");
+    open_and_bind(&url, &tls).expect("key fixed");
+    assert_eq!(tls.tls_context_builds(), 3);
+
+    // The CA file rewritten in place with a CA that did not sign the server: refused now.
+    fs::write(&ca, fs::read(pki.path("rogue-ca.pem")).unwrap()).unwrap();
+    let e = open_and_bind(&url, &tls).unwrap_err();
+    assert_eq!(
+        e.tls_failure(),
+        Some(TlsFailure::CertificateRejected),
+        "{e}"
+    );
+    assert_eq!(tls.tls_context_builds(), 4);
+    assert_eq!(slapd.count_ops("BIND"), 3);
+}
+
+#[test]
+fn a_clone_changed_after_the_build_gets_its_own_context() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "rogue-server", &[]);
+    let url = slapd.ldaps_url();
+    let demand = trusting(pki.path("ca.pem"));
+    assert_refused(
+        open_and_bind(&url, &demand),
+        &slapd,
+        TlsFailure::CertificateRejected,
+    );
+    assert_eq!(demand.tls_context_builds(), 1);
+
+    // The clone shares the cache but not the context built for other settings: Never accepts
+    // the rogue certificate, and Demand still refuses it afterwards.
+    let mut never = demand.clone();
+    never.require_cert = RequireCert::Never;
+    open_and_bind(&url, &never).expect("Never accepts it");
+    let e = open_and_bind(&url, &demand).unwrap_err();
+    assert_eq!(
+        e.tls_failure(),
+        Some(TlsFailure::CertificateRejected),
+        "{e}"
+    );
+    assert_eq!(slapd.count_ops("BIND"), 1);
+    assert_eq!(demand.tls_context_builds(), 3);
 }

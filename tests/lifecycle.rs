@@ -1,15 +1,13 @@
-//! Module lifecycle: repeated MODULE LOAD/UNLOAD without leaked workers, a clean refusal on
+//! Module lifecycle: repeated MODULE LOAD/UNLOAD without leaked workers or health checkers, a
+//! clean refusal on
 //! Redis 7.0, a smoke test on Valkey 8.1, and MODULE UNLOAD while a client waits on the
 //! directory.
 
 mod common;
 
 use common::*;
-use std::fs;
 use std::time::{Duration, Instant};
 
-const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
-const UNAVAILABLE: &str = "ERR valkeyauth: directory unavailable, try again later";
 const BIND_SUFFIX: &str = ",ou=people,dc=example,dc=test";
 
 // --------------------------------------------------------------------------------------------
@@ -62,44 +60,9 @@ fn info_section(v: &Valkey) -> String {
         .expect("INFO")
 }
 
-fn info_field(v: &Valkey, field: &str) -> u64 {
-    let info = info_section(v);
-    let key = format!("valkeyauth_{field}:");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .unwrap_or_else(|| panic!("no {key} in INFO:\n{info}"))
-        .trim()
-        .parse()
-        .expect("number")
-}
-
-/// Names of the threads of `pid`.
-fn thread_names(pid: u32) -> Vec<String> {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("/proc/PID/task")
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
-        .map(|c| c.trim_end().to_owned())
-        .collect()
-}
-
-fn worker_threads(pid: u32) -> usize {
-    thread_names(pid)
-        .iter()
-        .filter(|n| n.starts_with("valkeyauth-"))
-        .count()
-}
-
 /// Polls `f` until it returns `want` or 10 s pass; returns the last value.
-fn wait_for<T: PartialEq + Copy>(want: T, mut f: impl FnMut() -> T) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = f();
-        if got == want || Instant::now() >= deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait<T: PartialEq>(want: T, f: impl FnMut() -> T) -> T {
+    wait_for(want, Duration::from_secs(10), f)
 }
 
 fn assert_no_crash(log: &str) {
@@ -131,9 +94,15 @@ fn twenty_unload_load_cycles_leak_no_workers() {
         let r = module_load(&mut c, &slapd.url(), &["workers", &WORKERS.to_string()]);
         assert!(r.is_ok(), "cycle {cycle}: MODULE LOAD: {r}\n{}", v.log());
         assert_eq!(
-            wait_for(WORKERS, || worker_threads(pid)),
+            wait(WORKERS, || worker_threads(pid)),
             WORKERS,
             "cycle {cycle}: {:?}",
+            thread_names(pid)
+        );
+        assert_eq!(
+            wait(1, || health_threads(pid)),
+            1,
+            "cycle {cycle}: one health checker: {:?}",
             thread_names(pid)
         );
         let r = auth(&v, "alice", ALICE.password);
@@ -148,7 +117,13 @@ fn twenty_unload_load_cycles_leak_no_workers() {
         // Unload joins the workers before it returns (the kernel may list a joined thread
         // for a moment longer, hence the short poll).
         assert_eq!(
-            wait_for(0, || worker_threads(pid)),
+            wait(0, || worker_threads(pid)),
+            0,
+            "cycle {cycle}: {:?}",
+            thread_names(pid)
+        );
+        assert_eq!(
+            wait(0, || health_threads(pid)),
             0,
             "cycle {cycle}: {:?}",
             thread_names(pid)
@@ -157,8 +132,9 @@ fn twenty_unload_load_cycles_leak_no_workers() {
         assert_eq!(auth(&v, "alice", ALICE.password).error(), Some(WRONGPASS));
     }
 
-    assert_eq!(wait_for(0, || worker_threads(pid)), 0);
-    let after = wait_for(baseline, || thread_names(pid).len());
+    assert_eq!(wait(0, || worker_threads(pid)), 0);
+    assert_eq!(wait(0, || health_threads(pid)), 0);
+    let after = wait(baseline, || thread_names(pid).len());
     assert!(
         after <= baseline + 1,
         "threads: {baseline} before, {after} after: {:?}",
@@ -243,7 +219,7 @@ fn valkey_8_1_smoke() {
     for cycle in 0..3 {
         let r = module_unload(&mut c);
         assert!(r.is_ok(), "cycle {cycle}: MODULE UNLOAD: {r}\n{}", v.log());
-        assert_eq!(wait_for(0, || worker_threads(pid)), 0, "cycle {cycle}");
+        assert_eq!(wait(0, || worker_threads(pid)), 0, "cycle {cycle}");
         let r = module_load(&mut c, &slapd.url(), &[]);
         assert!(r.is_ok(), "cycle {cycle}: MODULE LOAD: {r}\n{}", v.log());
         assert!(auth(&v, "alice", ALICE.password).is_ok(), "cycle {cycle}");
@@ -286,7 +262,7 @@ fn unload_is_refused_while_a_client_waits_on_the_directory() {
     waiting
         .send(&[b"AUTH", b"alice", ALICE.password.as_bytes()])
         .unwrap();
-    assert_eq!(wait_for(1, || blocked(&mut c)), 1, "the AUTH never blocked");
+    assert_eq!(wait(1, || blocked(&mut c)), 1, "the AUTH never blocked");
     let r = module_unload(&mut c);
     assert!(
         r.error().is_some_and(|e| e.contains("blocked clients")),
@@ -294,10 +270,10 @@ fn unload_is_refused_while_a_client_waits_on_the_directory() {
     );
     assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
     assert_eq!(waiting.read().error(), Some(UNAVAILABLE));
-    assert_eq!(wait_for(0, || blocked(&mut c)), 0);
+    assert_eq!(wait(0, || blocked(&mut c)), 0);
     let r = module_unload(&mut c);
     assert!(r.is_ok(), "MODULE UNLOAD after the AUTH finished: {r}");
-    assert_eq!(wait_for(0, || worker_threads(pid)), 0);
+    assert_eq!(wait(0, || worker_threads(pid)), 0);
 
     // A client that leaves while its AUTH waits: unload is still refused until the worker is
     // done with it, and nothing of the module runs afterwards.
@@ -307,7 +283,7 @@ fn unload_is_refused_while_a_client_waits_on_the_directory() {
     leaving
         .send(&[b"AUTH", b"alice", ALICE.password.as_bytes()])
         .unwrap();
-    assert_eq!(wait_for(1, || blocked(&mut c)), 1, "the AUTH never blocked");
+    assert_eq!(wait(1, || blocked(&mut c)), 1, "the AUTH never blocked");
     drop(leaving);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut refusals = 0;
@@ -331,7 +307,7 @@ fn unload_is_refused_while_a_client_waits_on_the_directory() {
         refusals >= 1,
         "unload was not refused while the worker held the AUTH"
     );
-    assert_eq!(wait_for(0, || worker_threads(pid)), 0);
+    assert_eq!(wait(0, || worker_threads(pid)), 0);
 
     slapd.thaw();
     // Without the module, Valkey answers as usual.
@@ -360,7 +336,7 @@ fn shutdown_while_a_client_waits_on_the_directory_is_prompt() {
         .send(&[b"AUTH", b"alice", ALICE.password.as_bytes()])
         .unwrap();
     let mut c = v.raw();
-    let blocked = wait_for(true, || {
+    let blocked = wait(true, || {
         let info = c.call(&[b"INFO", b"clients"]).text().unwrap_or_default();
         info.contains("blocked_clients:1")
     });

@@ -7,14 +7,12 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
-const UNAVAILABLE: &str = "ERR valkeyauth: directory unavailable, try again later";
 const NO_ARGS: &[&str] = &[];
 
 // ---- helpers --------------------------------------------------------------------------------
@@ -102,79 +100,6 @@ fn config_set(v: &Valkey, name: &str, value: &str) {
         .raw()
         .call(&[b"CONFIG", b"SET", name.as_bytes(), value.as_bytes()]);
     assert!(r.is_ok(), "CONFIG SET {name} {value}: {r}");
-}
-
-/// The `valkeyauth_*` fields of `INFO valkeyauth`, without the prefix.
-fn counters(v: &Valkey) -> BTreeMap<String, u64> {
-    let text = v
-        .raw()
-        .call(&[b"INFO", b"valkeyauth"])
-        .text()
-        .expect("INFO valkeyauth text");
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("valkeyauth_"))
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.parse().expect("numeric INFO field")))
-        .collect()
-}
-
-/// Counters that record why an AUTH ended the way it did.
-const OUTCOMES: [&str; 15] = [
-    "allowed",
-    "denied_bad_credentials",
-    "denied_unknown_user",
-    "denied_ambiguous_user",
-    "denied_empty_password",
-    "denied_password_too_long",
-    "denied_invalid_username",
-    "denied_no_acl_user",
-    "denied_internal_error",
-    "outage_unreachable",
-    "outage_timeout",
-    "outage_busy",
-    "outage_directory_error",
-    "exempt_passthrough",
-    "local_fallback_used",
-];
-
-/// Asserts every outcome counter: those in `expected` have that value, all others are 0.
-fn assert_outcomes(v: &Valkey, expected: &[(&str, u64)]) {
-    let got = counters(v);
-    for name in OUTCOMES {
-        let want = expected
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, v)| *v);
-        assert_eq!(got.get(name).copied(), Some(want), "{name}: {got:?}");
-    }
-    for (name, _) in expected {
-        assert!(OUTCOMES.contains(name), "unknown counter {name}");
-    }
-}
-
-/// The `dn="..."` of each BIND request slapd received, as slapd renders it (harness probes
-/// left out).
-fn bind_dns(slapd: &Slapd) -> Vec<String> {
-    slapd
-        .ops("BIND")
-        .iter()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once(" BIND dn=\"")?;
-            rest.split_once("\" method=").map(|(dn, _)| dn.to_owned())
-        })
-        .collect()
-}
-
-/// The `filter="..."` of each search slapd received, as slapd logs it.
-fn search_filters(slapd: &Slapd) -> Vec<String> {
-    slapd
-        .ops("SRCH")
-        .iter()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once(" filter=\"")?;
-            rest.rsplit_once('"').map(|(f, _)| f.to_owned())
-        })
-        .collect()
 }
 
 /// `ldapsearch` from [`SUFFIX`] for `filter`, anonymously or as `(dn, password)`: the exit code
@@ -273,6 +198,37 @@ fn unknown_uid_is_denied_without_a_user_bind() {
     assert_eq!(search_filters(&slapd), ["(&(objectClass=*)(uid=mallory))"]);
     assert_eq!(slapd.count_ops("BIND"), 0, "nothing to bind as");
     assert_outcomes(&v, &[("denied_unknown_user", 1)]);
+}
+
+#[test]
+fn no_acl_user_is_refused_before_the_search() {
+    let slapd = Slapd::start_default();
+    let dir = TempDir::new("search-bind");
+    let file = password_file(&dir, SEARCHER.password);
+    let v = start_valkey(&slapd, &service_args_one_worker(&file));
+    add_acl_users(&v, &["alice"]);
+
+    // carol is in the directory, mallory is not; neither has an ACL user.
+    for (user, pass) in [
+        ("carol", CAROL.password),
+        ("carol", "wrong"),
+        ("mallory", "any-password"),
+    ] {
+        let (r, mut c) = login(&v, user, pass);
+        assert_eq!(r, wrongpass(), "{user}");
+        assert_eq!(whoami(&mut c), "default");
+    }
+    assert_eq!(
+        slapd.count_ops("ACCEPT"),
+        0,
+        "no connection to the directory"
+    );
+    // The fence (one worker): alice's search and bind are all the directory ever saw.
+    assert_eq!(login(&v, "alice", ALICE.password).0, ok());
+    assert_eq!(slapd.wait_ops("BIND", 2, Duration::from_secs(5)), 2);
+    assert_eq!(search_filters(&slapd), ["(&(objectClass=*)(uid=alice))"]);
+    assert_eq!(bind_dns(&slapd), [SEARCHER.dn, ALICE.dn]);
+    assert_outcomes(&v, &[("denied_no_acl_user", 3), ("allowed", 1)]);
 }
 
 // ---- the service account ---------------------------------------------------------------------

@@ -1832,3 +1832,233 @@ fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
         _ => return Err(bad(format!("unknown reply line {line:?}"))),
     })
 }
+
+// ============================================================================================
+// What the module shows: replies, INFO valkeyauth, its threads
+// ============================================================================================
+
+/// The reply to a refused login.
+pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+/// The reply when no directory server answered in time.
+pub const UNAVAILABLE: &str = "ERR valkeyauth: directory unavailable, try again later";
+/// The reply when `max_pending` AUTHs are already queued.
+pub const BUSY: &str = "ERR valkeyauth: too many pending logins, try again later";
+
+/// Every `valkeyauth_*` field of `INFO valkeyauth`, without the prefix, as text.
+pub fn info_valkeyauth(c: &mut RawClient) -> std::collections::BTreeMap<String, String> {
+    let text = c
+        .call(&[b"INFO", b"valkeyauth"])
+        .text()
+        .expect("INFO valkeyauth text");
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("valkeyauth_"))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The numeric `valkeyauth_*` fields of `INFO valkeyauth` (counters, pool), on client `c`.
+pub fn counters_with(c: &mut RawClient) -> std::collections::BTreeMap<String, u64> {
+    info_valkeyauth(c)
+        .into_iter()
+        .filter_map(|(k, v)| v.parse().ok().map(|n| (k, n)))
+        .collect()
+}
+
+/// The numeric `valkeyauth_*` fields of `INFO valkeyauth`, on a new connection.
+pub fn counters(v: &Valkey) -> std::collections::BTreeMap<String, u64> {
+    counters_with(&mut v.raw())
+}
+
+/// One numeric field of `INFO valkeyauth` (`field` without the `valkeyauth_` prefix); panics
+/// when it is missing.
+pub fn info_field(v: &Valkey, field: &str) -> u64 {
+    let all = counters(v);
+    *all.get(field)
+        .unwrap_or_else(|| panic!("no valkeyauth_{field} in INFO: {all:?}"))
+}
+
+/// Counters that record why an AUTH ended the way it did.
+pub const OUTCOMES: [&str; 15] = [
+    "allowed",
+    "denied_bad_credentials",
+    "denied_unknown_user",
+    "denied_ambiguous_user",
+    "denied_empty_password",
+    "denied_password_too_long",
+    "denied_invalid_username",
+    "denied_no_acl_user",
+    "denied_internal_error",
+    "outage_unreachable",
+    "outage_timeout",
+    "outage_busy",
+    "outage_directory_error",
+    "exempt_passthrough",
+    "local_fallback_used",
+];
+
+/// Asserts every outcome counter: those in `expected` have that value, all others are 0.
+pub fn assert_outcomes_with(c: &mut RawClient, expected: &[(&str, u64)]) {
+    let got = counters_with(c);
+    for name in OUTCOMES {
+        let want = expected
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v);
+        assert_eq!(got.get(name).copied(), Some(want), "{name}: {got:?}");
+    }
+    for (name, _) in expected {
+        assert!(OUTCOMES.contains(name), "unknown counter {name}");
+    }
+}
+
+/// [`assert_outcomes_with`] on a new connection.
+pub fn assert_outcomes(v: &Valkey, expected: &[(&str, u64)]) {
+    assert_outcomes_with(&mut v.raw(), expected);
+}
+
+/// One `valkeyauth_server<i>:url=...,state=up|down,consecutive_failures=<n>` line of INFO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHealth {
+    pub url: String,
+    pub up: bool,
+    pub consecutive_failures: u64,
+}
+
+/// The health of every configured server, in the order of `servers`.
+pub fn server_health(v: &Valkey) -> Vec<ServerHealth> {
+    let info = info_valkeyauth(&mut v.raw());
+    let count: usize = info
+        .get("servers")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no valkeyauth_servers in INFO: {info:?}"));
+    (0..count)
+        .map(|i| {
+            let line = info
+                .get(&format!("server{i}"))
+                .unwrap_or_else(|| panic!("no valkeyauth_server{i} in INFO: {info:?}"));
+            let field = |name: &str| -> &str {
+                line.split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .unwrap_or_else(|| panic!("no {name} in valkeyauth_server{i}:{line}"))
+            };
+            let state = field("state");
+            assert!(
+                state == "up" || state == "down",
+                "server{i} state {state:?}"
+            );
+            ServerHealth {
+                url: field("url").to_owned(),
+                up: state == "up",
+                consecutive_failures: field("consecutive_failures")
+                    .parse()
+                    .expect("consecutive_failures is a number"),
+            }
+        })
+        .collect()
+}
+
+/// Polls INFO until server `index` is up (`want_up`) or down, for at most `timeout`; returns
+/// whether it got there.
+pub fn wait_server_state(v: &Valkey, index: usize, want_up: bool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if server_health(v)[index].up == want_up {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (at most 10 s) until INFO shows every server up, and asserts that it did. After a
+/// directory comes back, the module uses it again once its health checker has seen it.
+pub fn wait_all_servers_up(v: &Valkey) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = server_health(v);
+        if health.iter().all(|s| s.up) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "servers still down after 10 s: {health:?}\nlog:\n{}",
+            v.log()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Names of the threads of process `pid`.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim_end().to_owned())
+        .collect()
+}
+
+/// The module's worker threads (`valkeyauth-<index>`) in process `pid`.
+pub fn worker_threads(pid: u32) -> usize {
+    thread_names(pid)
+        .iter()
+        .filter(|n| {
+            n.strip_prefix("valkeyauth-")
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count()
+}
+
+/// The module's health checker threads (`valkeyauth-health`, which the kernel shows cut to 15
+/// bytes: `valkeyauth-heal`) in process `pid`.
+pub fn health_threads(pid: u32) -> usize {
+    thread_names(pid)
+        .iter()
+        .filter(|n| "valkeyauth-health".starts_with(n.as_str()) && n.len() >= 15)
+        .count()
+}
+
+/// Polls `f` until it returns `want` or `timeout` passes; returns the last value.
+pub fn wait_for<T: PartialEq>(want: T, timeout: Duration, mut f: impl FnMut() -> T) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = f();
+        if got == want || Instant::now() >= deadline {
+            return got;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ============================================================================================
+// What slapd saw
+// ============================================================================================
+
+/// The `dn="..."` of each BIND request slapd received, as slapd renders it (harness probes
+/// left out).
+pub fn bind_dns(slapd: &Slapd) -> Vec<String> {
+    slapd
+        .ops("BIND")
+        .iter()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" BIND dn=\"")?;
+            rest.split_once("\" method=").map(|(dn, _)| dn.to_owned())
+        })
+        .collect()
+}
+
+/// The `filter="..."` of each search slapd received, as slapd logs it (harness probes left
+/// out).
+pub fn search_filters(slapd: &Slapd) -> Vec<String> {
+    slapd
+        .ops("SRCH")
+        .iter()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" filter=\"")?;
+            rest.rsplit_once('"').map(|(f, _)| f.to_owned())
+        })
+        .collect()
+}
