@@ -1467,10 +1467,8 @@ impl Connection {
     ) -> Result<(), LdapError> {
         let require_cert = require_cert.raw();
         let require_san: c_int = sys::LDAP_OPT_X_TLS_TRY;
-        let options: [(c_int, *const c_void); 4] = [
-            (
-                sys::LDAP_OPT_X_TLS_REQUIRE_CERT,
-                (&raw const require_cert).cast(),
+        let options: [(c_int, *const c_void); 3] = [
+            
             ),
             (
                 sys::LDAP_OPT_X_TLS_REQUIRE_SAN,

@@ -34,7 +34,12 @@ fn valkey(slapd: &Slapd, extra: &[&str]) -> Valkey {
 /// As [`valkey`], with extra valkey.conf lines.
 fn valkey_with(slapd: &Slapd, extra: &[&str], conf: &[&str]) -> Valkey {
     let url = slapd.url();
+    // The module's cache defaults, named so that the harness keeps the cache on.
     let mut args = vec![
+        "cache_ttl_s",
+        "30",
+        "negative_cache_ttl_s",
+        "10",
         "servers",
         url.as_str(),
         "bind_dn_suffix",

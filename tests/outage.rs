@@ -346,14 +346,15 @@ fn full_queue_refuses_at_once_and_the_rest_time_out() {
     slapd.freeze();
 
     let barrier = Arc::new(Barrier::new(CLIENTS + 1));
+    // Different passwords: identical AUTHs would share one place in the queue.
     let handles: Vec<_> = (0..CLIENTS)
-        .map(|_| {
+        .map(|i| {
             let mut client = v.raw();
             let barrier = barrier.clone();
             thread::spawn(move || {
                 barrier.wait();
                 let t = Instant::now();
-                let reply = client.auth(b"alice", ALICE.password.as_bytes());
+                let reply = client.auth(b"alice", format!("guess-{i}").as_bytes());
                 (reply, t.elapsed())
             })
         })

@@ -1202,12 +1202,18 @@ impl ValkeyBuilder {
 
     /// Load `target/release/libvalkeyauth.so` with these module arguments
     /// (e.g. `["servers", &url, "auth_mode", "bind"]`; `[] as [&str; 0]` for none).
+    /// Unless the arguments are empty or set a cache option themselves, caching is turned off
+    /// first, so that every AUTH reaches the directory as the test expects.
     pub fn module<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let args = args.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        let mut args: Vec<String> = args.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        if !args.is_empty() && !args.iter().any(|a| a.contains("cache_")) {
+            let off = ["cache_ttl_s", "0", "negative_cache_ttl_s", "0"];
+            args.splice(0..0, off.map(String::from));
+        }
         let path = self
             .module
             .take()
