@@ -19,7 +19,8 @@ use valkey_module::{
 
 use crate::cache::{Fingerprint, Lookup};
 use crate::config::LocalFallback;
-use crate::engine::{Class, Credentials, Engine, Outcome, Request};
+use crate::engine::{Answer, Class, Credentials, Engine, Outcome, Request};
+use crate::mapping;
 use crate::runtime::{Runtime, RUNTIME};
 use crate::stats::{Event, STATS};
 
@@ -37,14 +38,19 @@ pub struct Job {
 }
 
 /// What comes back to the main thread for one blocked client.
+#[derive(Clone)]
 pub struct Verdict {
     outcome: Outcome,
     fallback: LocalFallback,
     fingerprint: Fingerprint,
     epoch: u64,
+    /// The directory user: the AUTH's username, or the one inside a legacy one-argument AUTH.
+    username: String,
+    /// Group DNs, when provisioning asked for them.
+    groups: Vec<String>,
     /// Set on the AUTH that went to the directory (not on those that shared its answer): its
     /// free callback records the answer in the cache and releases the others.
-    leader: Option<String>,
+    leader: bool,
 }
 
 /// Redis 7.0 and older have no module authentication API.
@@ -68,16 +74,33 @@ pub fn on_auth(
     guarded(|| begin(ctx, &username, password.as_slice()))
 }
 
-fn begin(ctx: &Context, username: &ValkeyString, password: &[u8]) -> Result<c_int, ValkeyError> {
+fn begin(
+    ctx: &Context,
+    given_user: &ValkeyString,
+    given_password: &[u8],
+) -> Result<c_int, ValkeyError> {
     let mut guard = RUNTIME.lock();
     let Some(runtime) = guard.as_mut() else {
         return Ok(AUTH_NOT_HANDLED);
     };
-    let settings = &runtime.generation.settings;
+    let generation = Arc::clone(&runtime.generation);
+    let settings = &generation.settings;
     if !settings.is_active() {
         return Ok(AUTH_NOT_HANDLED);
     }
-    if settings.is_exempt(username.as_slice()) {
+    let (user, password) = legacy_split(
+        &settings.legacy_auth_separator,
+        given_user.as_slice(),
+        given_password,
+    );
+    let split;
+    let username = if user == given_user.as_slice() {
+        given_user
+    } else {
+        split = ValkeyString::create_from_slice(std::ptr::null_mut(), user);
+        &split
+    };
+    if settings.is_exempt(user) {
         STATS.count(Event::ExemptPassthrough);
         return Ok(AUTH_NOT_HANDLED);
     }
@@ -87,25 +110,28 @@ fn begin(ctx: &Context, username: &ValkeyString, password: &[u8]) -> Result<c_in
         return Err(ValkeyError::Str(IN_MULTI));
     }
     let fallback = settings.local_fallback;
-    let credentials = match Credentials::check(username.as_slice(), password) {
+    let credentials = match Credentials::check(user, password) {
         Ok(credentials) => credentials,
         Err(outcome) => return conclude(ctx, username, outcome, fallback),
     };
-    let fingerprint = runtime.cache.fingerprint(credentials.username, password);
-    match runtime.cache.lookup(credentials.username, fingerprint) {
-        Lookup::Allowed => {
+    let name = credentials.username;
+    let fingerprint = runtime.cache.fingerprint(name, password);
+    let has_acl_user = acl_user_exists(username);
+    let provisioned = settings.provision && provisionable(name);
+    match runtime.cache.lookup(name, fingerprint) {
+        Lookup::Allowed if has_acl_user || runtime.users.rules_of(name).is_some() => {
             STATS.count(Event::CacheHit);
-            return log_in(ctx, username, fallback);
+            return log_in(ctx, runtime, username, name, None);
         }
         Lookup::Refused => {
             STATS.count(Event::CacheNegativeHit);
             return conclude(ctx, username, Outcome::BadCredentials, fallback);
         }
-        Lookup::Miss => STATS.count(Event::CacheMiss),
+        _ => STATS.count(Event::CacheMiss),
     }
-    // Without an ACL user the login cannot succeed: asking the directory would only let clients
-    // guess (or lock out) directory accounts that were never meant for Valkey.
-    if !acl_user_exists(username) {
+    // Without an ACL user (or provisioning) the login cannot succeed: asking the directory
+    // would only let clients guess, or lock out, directory accounts never meant for Valkey.
+    if !has_acl_user && !provisioned {
         return conclude(ctx, username, Outcome::NoAclUser, fallback);
     }
     if let Some(parked) = runtime.waiting.get_mut(&fingerprint) {
@@ -116,18 +142,8 @@ fn begin(ctx: &Context, username: &ValkeyString, password: &[u8]) -> Result<c_in
     if runtime.pool.is_full() {
         return conclude(ctx, username, Outcome::Busy, fallback);
     }
-    submit(ctx, runtime, credentials, fingerprint);
-    Ok(AUTH_HANDLED)
-}
-
-fn submit(
-    ctx: &Context,
-    runtime: &mut Runtime,
-    credentials: Credentials,
-    fingerprint: Fingerprint,
-) {
     let job = Job {
-        request: Request::new(Arc::clone(&runtime.generation), credentials),
+        request: Request::new(generation.clone(), credentials, !has_acl_user),
         client: ctx.block_client_on_auth(on_reply, Some(on_free)),
         fingerprint,
         epoch: runtime.cache.epoch,
@@ -138,23 +154,44 @@ fn submit(
         }
         // Only the main thread sends and the queue had room, so the channel was closed; the
         // client is still answered, through the reply callback.
-        Err(job) => deliver(job, Outcome::Busy),
+        Err(job) => deliver(job, Answer::from(Outcome::Busy)),
     }
+    Ok(AUTH_HANDLED)
+}
+
+/// Clients older than ACLs can send only `AUTH <password>`, which Valkey hands over as user
+/// `default`. With a separator configured, `alice<sep>secret` stands for user alice with
+/// password secret, split at the first separator.
+fn legacy_split<'a>(separator: &str, user: &'a [u8], password: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+    let sep = separator.as_bytes();
+    if user != b"default" || sep.is_empty() {
+        return (user, password);
+    }
+    match password.windows(sep.len()).position(|w| w == sep) {
+        Some(at) => (&password[..at], &password[at + sep.len()..]),
+        None => (user, password),
+    }
+}
+
+/// Only lowercase names are provisioned: directories match names without regard to case while
+/// Valkey does not, and `ALICE` must never become a second user with alice's rights.
+fn provisionable(name: &str) -> bool {
+    name != "default" && name.chars().all(|c| !c.is_uppercase())
 }
 
 /// The worker's job handler.
 pub fn work(engine: &mut Engine, job: Job) {
     // Caught here as well as in the pool, so that a verdict is always delivered: clients
     // parked behind this one are released only by it.
-    let outcome = catch_unwind(AssertUnwindSafe(|| engine.authenticate(&job.request)))
+    let answer = catch_unwind(AssertUnwindSafe(|| engine.authenticate(&job.request)))
         .unwrap_or_else(|_| {
             *engine = Engine::default();
-            Outcome::InternalError
+            Answer::from(Outcome::InternalError)
         });
-    deliver(job, outcome);
+    deliver(job, answer);
 }
 
-fn deliver(job: Job, outcome: Outcome) {
+fn deliver(job: Job, answer: Answer) {
     let Job {
         request,
         mut client,
@@ -162,11 +199,13 @@ fn deliver(job: Job, outcome: Outcome) {
         epoch,
     } = job;
     let verdict = Verdict {
-        outcome,
+        outcome: answer.outcome,
         fallback: request.generation.settings.local_fallback,
         fingerprint,
         epoch,
-        leader: Some(request.username().to_owned()),
+        username: request.username().to_owned(),
+        groups: answer.groups,
+        leader: true,
     };
     // The password is wiped before the client can run again.
     drop(request);
@@ -176,57 +215,57 @@ fn deliver(job: Job, outcome: Outcome) {
 
 fn on_reply(
     ctx: &Context,
-    username: ValkeyString,
+    given_user: ValkeyString,
     _password: ValkeyString,
     verdict: Option<&Verdict>,
 ) -> Result<c_int, ValkeyError> {
     guarded(|| {
-        let Some(verdict) = verdict else {
-            return conclude(ctx, &username, Outcome::InternalError, LocalFallback::Never);
+        let mut guard = RUNTIME.lock();
+        let (Some(verdict), Some(runtime)) = (verdict, guard.as_mut()) else {
+            return conclude(
+                ctx,
+                &given_user,
+                Outcome::InternalError,
+                LocalFallback::Never,
+            );
         };
-        let outcome = verdict.outcome;
-        if admitted_during_outage(&username, verdict) {
+        let username = ValkeyString::create(None, verdict.username.as_str());
+        let name = verdict.username.as_str();
+        // The outage window: a recent success with the same password admits it while no
+        // directory server can be reached.
+        let unreachable = matches!(verdict.outcome, Outcome::Unreachable | Outcome::Timeout);
+        if unreachable
+            && runtime
+                .cache
+                .admits_during_outage(name, verdict.fingerprint)
+        {
             STATS.count(Event::CacheStaleOnOutage);
-            return log_in(ctx, &username, verdict.fallback);
+            return log_in(ctx, runtime, &username, name, None);
         }
-        match outcome {
-            Outcome::Allowed => log_in(ctx, &username, verdict.fallback),
+        match verdict.outcome {
+            Outcome::Allowed => log_in(ctx, runtime, &username, name, Some(&verdict.groups)),
             other => conclude(ctx, &username, other, verdict.fallback),
         }
     })
 }
 
-/// The outage window: a recent success with the same password admits it while no directory
-/// server can be reached.
-fn admitted_during_outage(username: &ValkeyString, verdict: &Verdict) -> bool {
-    let unreachable = matches!(verdict.outcome, Outcome::Unreachable | Outcome::Timeout);
-    let Ok(username) = std::str::from_utf8(username.as_slice()) else {
-        return false;
-    };
-    let mut guard = RUNTIME.lock();
-    match guard.as_mut() {
-        Some(runtime) if unreachable => runtime
-            .cache
-            .admits_during_outage(username, verdict.fingerprint),
-        _ => false,
-    }
-}
-
 /// Runs after the reply callback, or alone when the client went away meanwhile.
 fn on_free(_ctx: &Context, verdict: Verdict) {
-    let Some(username) = &verdict.leader else {
+    if !verdict.leader {
         return;
-    };
+    }
     let released = catch_unwind(AssertUnwindSafe(|| {
         let mut guard = RUNTIME.lock();
         let Some(runtime) = guard.as_mut() else {
             return;
         };
+        let cache = &mut runtime.cache;
         match verdict.outcome {
-            _ if verdict.epoch != runtime.cache.epoch => {}
-            Outcome::Allowed => runtime.cache.record_success(username, verdict.fingerprint),
+            // An answer from before a configuration change is not cached after it.
+            _ if verdict.epoch != cache.epoch => {}
+            Outcome::Allowed => cache.record_success(&verdict.username, verdict.fingerprint),
             Outcome::BadCredentials | Outcome::UnknownUser => {
-                runtime.cache.record_refusal(username, verdict.fingerprint)
+                cache.record_refusal(&verdict.username, verdict.fingerprint)
             }
             _ => {}
         }
@@ -236,8 +275,8 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
             .unwrap_or_default()
         {
             let _ = parked.set_blocked_private_data(Verdict {
-                leader: None,
-                ..verdict
+                leader: false,
+                ..verdict.clone()
             });
         }
     }));
@@ -246,17 +285,38 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
     }
 }
 
-/// Logs the client in as the ACL user of the same name; without one (or with it disabled) the
-/// login is denied.
+/// Logs the client in as the ACL user of the same name or, with provisioning, as a module user
+/// with the rules of its groups (`groups` None: the rules it already has, for a cache hit).
 fn log_in(
     ctx: &Context,
+    runtime: &mut Runtime,
     username: &ValkeyString,
-    fallback: LocalFallback,
+    name: &str,
+    groups: Option<&[String]>,
 ) -> Result<c_int, ValkeyError> {
-    let outcome = if ctx.authenticate_client_with_acl_user(username) == Status::Ok {
-        Outcome::Allowed
-    } else {
-        Outcome::NoAclUser
+    let settings = &runtime.generation.settings;
+    let fallback = settings.local_fallback;
+    if ctx.authenticate_client_with_acl_user(username) == Status::Ok {
+        return conclude(ctx, username, Outcome::Allowed, fallback);
+    }
+    if acl_user_exists(username) || !settings.provision || !provisionable(name) {
+        // An existing (but disabled) ACL user always wins over provisioning.
+        return conclude(ctx, username, Outcome::NoAclUser, fallback);
+    }
+    let rules = match groups {
+        Some(groups) => mapping::rules_for(&settings.acl_map, groups, &settings.default_acl_rules),
+        None => runtime.users.rules_of(name).map(str::to_owned),
+    };
+    let Some(rules) = rules else {
+        log::warn!("valkeyauth: {name:?} is in no group of acl_map and there are no default_acl_rules; denied");
+        return conclude(ctx, username, Outcome::NoMapping, fallback);
+    };
+    let outcome = match runtime.users.log_in(ctx, name, &rules) {
+        Ok(()) => Outcome::Allowed,
+        Err(e) => {
+            log::warn!("valkeyauth: cannot log {name:?} in as a provisioned user: {e}");
+            Outcome::InternalError
+        }
     };
     conclude(ctx, username, outcome, fallback)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::cache::Limits;
 use crate::ldap::{RequireCert, Scope, Timeouts, TlsSettings, TlsVersion};
+use crate::mapping::{self, Mapping};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,19 @@ pub enum LocalFallback {
 
 pub const TLS_NEVER_WARNING: &str = "valkeyauth: WARNING: tls_require_cert is never: directory \
      server certificates are NOT checked, so anyone on the network path can read passwords";
+
+/// How a user's groups are found after a successful bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLookup {
+    /// Empty: `search_base`.
+    pub base: String,
+    /// With `{dn}` and `{username}` placeholders, filled in RFC 4515-escaped.
+    pub filter: String,
+    /// When set (e.g. `memberOf`), read from the user entry instead of searching groups.
+    pub membership_attribute: String,
+    pub nested: bool,
+    pub max_depth: usize,
+}
 
 /// An immutable snapshot of the configuration, rebuilt on every change.
 #[derive(Debug)]
@@ -59,6 +73,13 @@ pub struct Settings {
     pub health_check_interval: Duration,
     pub tls: TlsSettings,
     pub cache: Limits,
+    pub groups: GroupLookup,
+    pub acl_map: Vec<Mapping>,
+    pub default_acl_rules: String,
+    /// Log in users who have no ACL user as module users, with rules from their groups.
+    pub provision: bool,
+    /// With a separator, a one-argument `AUTH alice<sep>secret` logs in directory user alice.
+    pub legacy_auth_separator: String,
     pub exempt_users: Vec<String>,
     pub local_fallback: LocalFallback,
 }
@@ -87,6 +108,16 @@ impl Settings {
             && self.search_bind_dn == other.search_bind_dn
             && self.search_bind_passwd_file == other.search_bind_passwd_file
             && self.tls == other.tls
+    }
+
+    /// Every ACL rule string the configuration would hand to Valkey, so that Valkey can check
+    /// them when they are set.
+    pub fn acl_rules(&self) -> Vec<&str> {
+        self.acl_map
+            .iter()
+            .map(|m| m.rules.as_str())
+            .chain(Some(self.default_acl_rules.as_str()).filter(|r| !r.is_empty()))
+            .collect()
     }
 
     /// Builds a snapshot from one value per entry of [`OPTIONS`], in order.
@@ -127,6 +158,17 @@ impl Settings {
             connection_max_idle: Duration::ZERO,
             health_check_interval: Duration::ZERO,
             tls: TlsSettings::default(),
+            groups: GroupLookup {
+                base: String::new(),
+                filter: String::new(),
+                membership_attribute: String::new(),
+                nested: false,
+                max_depth: 1,
+            },
+            acl_map: Vec::new(),
+            default_acl_rules: String::new(),
+            provision: false,
+            legacy_auth_separator: String::new(),
             cache: Limits {
                 ttl: Duration::ZERO,
                 negative_ttl: Duration::ZERO,
@@ -193,12 +235,15 @@ impl OptionSpec {
         }
     }
 
-    /// Checks a value without keeping it.
-    pub fn validate(&self, value: &str) -> Result<(), String> {
+    /// Checks a value without keeping it; returns a snapshot holding only that value, for
+    /// checks that need Valkey (ACL rules).
+    pub fn validate(&self, value: &str) -> Result<Settings, String> {
         if let (Parser::File(_), false) = (&self.parser, value.is_empty()) {
             read_password_file(Path::new(value))?;
         }
-        self.apply(&mut Settings::blank(), value)
+        let mut scratch = Settings::blank();
+        self.apply(&mut scratch, value)?;
+        Ok(scratch)
     }
 
     /// The type column of the documentation table.
@@ -497,6 +542,105 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
         doc: "Outage window: only while no directory server can be reached, a password that \
               succeeded up to this long ago is still accepted. 0: off.",
+    },
+    OptionSpec {
+        name: "provision",
+        default: "off",
+        parser: Parser::Choice {
+            choices: &["off", "on"],
+            set: |s, i| s.provision = i == 1,
+        },
+        doc: "`on`: a user the directory accepts who has no Valkey ACL user is logged in as a \
+              module user with the rules of its groups (`acl_map`, `default_acl_rules`), \
+              starting from `reset`. Names must be lowercase. An existing ACL user always wins.",
+    },
+    OptionSpec {
+        name: "acl_map",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.acl_map = mapping::parse(&plain_text(v)?)?;
+            Ok(())
+        }),
+        doc: "Group to ACL rules, in order: `<group> => <rules>; <group> => <rules>`. A group \
+              is a DN (`cn=ops\\, berlin,ou=groups,dc=example,dc=com`) or a group name (its \
+              `cn`). Rules are checked by Valkey when set. `\\;` is a `;` inside rules.",
+    },
+    OptionSpec {
+        name: "default_acl_rules",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.default_acl_rules = plain_text(v.trim())?;
+            Ok(())
+        }),
+        doc: "Rules every provisioned user gets, after those of its groups. Empty: a user with \
+              no mapped group is denied.",
+    },
+    OptionSpec {
+        name: "group_search_base",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.groups.base = plain_text(v)?;
+            Ok(())
+        }),
+        doc: "Where groups are searched. Empty: `search_base`.",
+    },
+    OptionSpec {
+        name: "group_search_filter",
+        default: "(|(member={dn})(uniqueMember={dn})(memberUid={username}))",
+        parser: Parser::Text(|s, v| {
+            let filled = v.replace("{dn}", "x").replace("{username}", "x");
+            parse_filter(&filled)?;
+            s.groups.filter = plain_text(v.trim())?;
+            Ok(())
+        }),
+        doc: "Filter for the user's groups; `{dn}` and `{username}` are replaced, escaped. For \
+              Active Directory nested groups: `(member:1.2.840.113556.1.4.1941:={dn})`.",
+    },
+    OptionSpec {
+        name: "group_membership_attribute",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.groups.membership_attribute = if v.trim().is_empty() {
+                String::new()
+            } else {
+                parse_attribute(v)?
+            };
+            Ok(())
+        }),
+        doc: "When set (e.g. `memberOf`), the user's groups are read from this attribute of the \
+              user entry instead of searched.",
+    },
+    OptionSpec {
+        name: "nested_groups",
+        default: "no",
+        parser: Parser::Choice {
+            choices: &["no", "yes"],
+            set: |s, i| s.groups.nested = i == 1,
+        },
+        doc: "Also count groups that contain the user's groups, breadth first, with cycle \
+              detection (not needed with the Active Directory in-chain filter).",
+    },
+    OptionSpec {
+        name: "nested_groups_max_depth",
+        default: "8",
+        parser: Parser::Number {
+            min: 1,
+            max: 64,
+            set: |s, n| s.groups.max_depth = n as usize,
+        },
+        doc: "How many levels of nesting are followed.",
+    },
+    OptionSpec {
+        name: "legacy_auth_separator",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.legacy_auth_separator = plain_text(v)?;
+            Ok(())
+        }),
+        doc: "With e.g. `:`, a one-argument `AUTH alice:secret` (clients older than ACLs) logs \
+              in directory user alice with password secret; the split is at the first \
+              separator. Valkey passes one-argument AUTH to modules only when `default` has a \
+              password. Empty: off.",
     },
     OptionSpec {
         name: "exempt_users",

@@ -4,6 +4,7 @@
 //! holds one connection for user binds; in search+bind mode a second one stays bound as the
 //! service account, so an AUTH costs one search and one bind.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +34,7 @@ pub enum Outcome {
     PasswordTooLong,
     InvalidUsername,
     NoAclUser,
+    NoMapping,
     InternalError,
     Unreachable,
     Timeout,
@@ -50,7 +52,7 @@ pub enum Class {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Allowed,
         Outcome::BadCredentials,
         Outcome::UnknownUser,
@@ -59,6 +61,7 @@ impl Outcome {
         Outcome::PasswordTooLong,
         Outcome::InvalidUsername,
         Outcome::NoAclUser,
+        Outcome::NoMapping,
         Outcome::InternalError,
         Outcome::Unreachable,
         Outcome::Timeout,
@@ -76,6 +79,7 @@ impl Outcome {
             Outcome::PasswordTooLong => "denied_password_too_long",
             Outcome::InvalidUsername => "denied_invalid_username",
             Outcome::NoAclUser => "denied_no_acl_user",
+            Outcome::NoMapping => "denied_no_mapping",
             Outcome::InternalError => "denied_internal_error",
             Outcome::Unreachable => "outage_unreachable",
             Outcome::Timeout => "outage_timeout",
@@ -157,16 +161,23 @@ impl<'a> Credentials<'a> {
 #[derive(Debug)]
 pub struct Request {
     pub generation: Arc<Generation>,
+    /// Provisioning needs the user's groups after a successful bind.
+    pub wants_groups: bool,
     username: String,
     password: Secret,
     deadline: Instant,
 }
 
 impl Request {
-    pub fn new(generation: Arc<Generation>, credentials: Credentials) -> Request {
+    pub fn new(
+        generation: Arc<Generation>,
+        credentials: Credentials,
+        wants_groups: bool,
+    ) -> Request {
         let deadline = Instant::now() + generation.settings.auth_timeout;
         Request {
             generation,
+            wants_groups,
             username: credentials.username.to_owned(),
             password: Secret::new(credentials.password),
             deadline,
@@ -185,6 +196,26 @@ impl Request {
             connect: configured.connect.min(left),
             operation: configured.operation.min(left),
         })
+    }
+}
+
+/// The matching rule of Active Directory's transitive membership search.
+const IN_CHAIN_RULE: &str = "1.2.840.113556.1.4.1941";
+
+/// What the directory said about one AUTH.
+#[derive(Debug)]
+pub struct Answer {
+    pub outcome: Outcome,
+    /// Group DNs, when the request asked for them and the login succeeded.
+    pub groups: Vec<String>,
+}
+
+impl From<Outcome> for Answer {
+    fn from(outcome: Outcome) -> Answer {
+        Answer {
+            outcome,
+            groups: Vec::new(),
+        }
     }
 }
 
@@ -208,6 +239,8 @@ struct Target<'a> {
 /// What trying one server gave: a final outcome, or a transport failure that sends the AUTH on
 /// to the next server.
 enum Attempt {
+    /// Allowed, with the user's groups when they were asked for.
+    Allowed(Vec<String>),
     Final(Outcome),
     NextServer(Outcome),
 }
@@ -222,7 +255,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn authenticate(&mut self, request: &Request) -> Outcome {
+    pub fn authenticate(&mut self, request: &Request) -> Answer {
         let generation = &request.generation;
         if !self
             .generation
@@ -242,7 +275,7 @@ impl Engine {
                 continue;
             }
             let Some(timeouts) = request.timeouts_left() else {
-                return Outcome::Timeout;
+                return Answer::from(Outcome::Timeout);
             };
             let target = Target {
                 server,
@@ -251,14 +284,20 @@ impl Engine {
                 timeouts,
             };
             match self.try_server(&target, request) {
-                Attempt::Final(outcome) => return outcome,
+                Attempt::Final(outcome) => return Answer::from(outcome),
+                Attempt::Allowed(groups) => {
+                    return Answer {
+                        outcome: Outcome::Allowed,
+                        groups,
+                    }
+                }
                 Attempt::NextServer(why) => {
                     generation.health.mark_down(server);
                     outage = why;
                 }
             }
         }
-        outage
+        Answer::from(outage)
     }
 
     fn try_server(&mut self, target: &Target, request: &Request) -> Attempt {
@@ -282,9 +321,84 @@ impl Engine {
             |conn| conn.simple_bind(&dn, request.password.expose()),
         );
         match bind {
-            Ok(()) => Attempt::Final(Outcome::Allowed),
+            Ok(()) if request.wants_groups => {
+                match self.find_groups(target, &dn, request.username()) {
+                    Ok(groups) => Attempt::Allowed(groups),
+                    Err(e) => {
+                        log::warn!("valkeyauth: group lookup on {} failed: {e}", target.url);
+                        Attempt::Final(Outcome::DirectoryError)
+                    }
+                }
+            }
+            Ok(()) => Attempt::Allowed(Vec::new()),
             Err(e) => bind_failure(target.url, &e),
         }
+    }
+
+    /// The DNs of the user's groups, found with the service account (or anonymously) on the
+    /// search connection: read from the membership attribute of the user entry, or searched;
+    /// with `nested_groups`, also the groups that contain those, breadth first.
+    fn find_groups(
+        &mut self,
+        target: &Target,
+        user_dn: &str,
+        username: &str,
+    ) -> Result<Vec<String>, LdapError> {
+        let settings = target.settings;
+        let lookup = &settings.groups;
+        let base = if lookup.base.is_empty() {
+            &settings.search_base
+        } else {
+            &lookup.base
+        };
+        let mut groups = if lookup.membership_attribute.is_empty() {
+            let filter = lookup
+                .filter
+                .replace("{dn}", &escape::filter_value(user_dn))
+                .replace("{username}", &escape::filter_value(username));
+            run(&mut self.search, target, bind_service, |conn| {
+                conn.search_dns(base, Scope::Subtree, &filter, 0)
+            })?
+        } else {
+            run(&mut self.search, target, bind_service, |conn| {
+                conn.search_values(
+                    user_dn,
+                    Scope::Base,
+                    "(objectClass=*)",
+                    &lookup.membership_attribute,
+                )
+            })?
+        };
+        // Active Directory's in-chain rule already returns every level.
+        if !lookup.nested || lookup.filter.contains(IN_CHAIN_RULE) {
+            return Ok(groups);
+        }
+        let mut seen: HashSet<String> = groups.iter().map(|g| g.to_lowercase()).collect();
+        let mut frontier = groups.clone();
+        for _ in 1..lookup.max_depth {
+            let mut next = Vec::new();
+            for group in &frontier {
+                let filter = format!(
+                    "(|(member={0})(uniqueMember={0}))",
+                    escape::filter_value(group)
+                );
+                let parents = run(&mut self.search, target, bind_service, |conn| {
+                    conn.search_dns(base, Scope::Subtree, &filter, 0)
+                })?;
+                // A group seen before is not followed again, which also ends cycles.
+                next.extend(
+                    parents
+                        .into_iter()
+                        .filter(|p| seen.insert(p.to_lowercase())),
+                );
+            }
+            if next.is_empty() {
+                break;
+            }
+            groups.extend(next.iter().cloned());
+            frontier = next;
+        }
+        Ok(groups)
     }
 
     /// Search+bind: the DN of the one entry whose search attribute equals the username. The
@@ -425,6 +539,7 @@ mod tests {
         Ok(Request::new(
             Arc::new(Generation::new(Settings::defaults())),
             credentials,
+            false,
         ))
     }
 

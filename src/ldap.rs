@@ -1,11 +1,12 @@
 //! Safe wrappers over libldap: one owned session handle ([`Connection`]), a
-//! simple bind, a DN-only search, TLS (`ldaps://` and StartTLS, configured per
-//! handle from [`TlsSettings`]), and a typed error ([`LdapError`]).
+//! simple bind, a DN-only search, TLS (`ldaps://` and StartTLS, from
+//! [`TlsSettings`], whose TLS context is built once and shared by all its
+//! connections), and a typed error ([`LdapError`]).
 //!
 //! Nothing here knows about Valkey, so it can be tested against a plain slapd.
 //! The C declarations live in `openldap_sys`; every libldap return code becomes
 //! a `Result` in `check`; every C allocation has one owner that frees it in
-//! `Drop` ([`Connection`], `Message`, `LdapMem`).
+//! `Drop` ([`Connection`], `Message`, `LdapMem`, `TlsContext`).
 //!
 //! Threading: call [`init_global`] once on the main thread before any worker
 //! touches libldap. After that each worker owns its own `Connection`s; a handle
@@ -459,6 +460,43 @@ impl Drop for LdapMem {
             // SAFETY: `p` was allocated by libldap, is owned only by us, and
             // was nulled above so it is freed once.
             unsafe { sys::ldap_memfree(p.cast::<c_void>()) };
+        }
+    }
+}
+
+/// Owns an attribute's values as libldap returns them; frees them in Drop.
+struct Values {
+    ptr: *mut *mut sys::berval,
+}
+
+impl Values {
+    fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            if self.ptr.is_null() {
+                return None;
+            }
+            // SAFETY: a NULL-terminated array of berval pointers, alive while `self` is.
+            let value = unsafe { *self.ptr.add(at) };
+            if value.is_null() {
+                return None;
+            }
+            at += 1;
+            // SAFETY: `value` is a live berval whose bv_val holds bv_len bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts((*value).bv_val.cast::<u8>(), (*value).bv_len as usize)
+            };
+            Some(bytes)
+        })
+    }
+}
+
+impl Drop for Values {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: the array came from ldap_get_values_len and is freed once.
+            unsafe { sys::ldap_value_free_len(self.ptr) };
+            self.ptr = ptr::null_mut();
         }
     }
 }
@@ -1467,8 +1505,10 @@ impl Connection {
     ) -> Result<(), LdapError> {
         let require_cert = require_cert.raw();
         let require_san: c_int = sys::LDAP_OPT_X_TLS_TRY;
-        let options: [(c_int, *const c_void); 3] = [
-            
+        let options: [(c_int, *const c_void); 4] = [
+            (
+                sys::LDAP_OPT_X_TLS_REQUIRE_CERT,
+                (&raw const require_cert).cast(),
             ),
             (
                 sys::LDAP_OPT_X_TLS_REQUIRE_SAN,
@@ -1559,12 +1599,9 @@ impl Connection {
         check(self.ld, Ret::Code(rc))
     }
 
-    /// `ldap_search_ext_s` requesting no attributes ("1.1"), with the
-    /// operation timeout and `size_limit` (0 = no client limit; the server's
-    /// own limit still applies). Returns the DNs of entries only (search
-    /// references are skipped). If the server answers sizeLimitExceeded (4),
-    /// the entries already received are returned as `Ok`: the caller only
-    /// needs to tell 0, 1, or >= 2 apart.
+    /// Searches and returns the DNs of the entries found (references are skipped). On
+    /// sizeLimitExceeded the entries already received are returned: callers that only need to
+    /// know 0, 1 or more pass a small limit. `size_limit` 0 means no limit.
     pub fn search_dns(
         &mut self,
         base: &str,
@@ -1572,11 +1609,68 @@ impl Connection {
         filter: &str,
         size_limit: i32,
     ) -> Result<Vec<String>, LdapError> {
+        let result = self.search(base, scope, filter, sys::LDAP_NO_ATTRS, size_limit)?;
+        let mut dns = Vec::new();
+        for entry in self.entries(&result) {
+            // SAFETY: `entry` is an entry of our live result chain; the DN string returned is
+            // ours and is freed by `LdapMem`.
+            let dn = LdapMem {
+                ptr: unsafe { sys::ldap_get_dn(self.ld, entry) },
+            };
+            if dn.ptr.is_null() {
+                return Err(LdapError::local(
+                    ResultCode::DECODING_ERROR,
+                    "ldap_get_dn could not decode an entry",
+                ));
+            }
+            let dn = String::from_utf8(dn.to_bytes()).map_err(|_| {
+                LdapError::local(ResultCode::DECODING_ERROR, "entry DN is not valid UTF-8")
+            })?;
+            dns.push(dn);
+        }
+        Ok(dns)
+    }
+
+    /// Searches and returns every value of `attribute` in the entries found (e.g. the
+    /// `memberOf` values of one user entry); values that are not UTF-8 are skipped.
+    pub fn search_values(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attribute: &str,
+    ) -> Result<Vec<String>, LdapError> {
+        let c_attr = c_string(attribute, ResultCode::PARAM_ERROR, "attribute")?;
+        let result = self.search(base, scope, filter, &c_attr, 0)?;
+        let mut values = Vec::new();
+        for entry in self.entries(&result) {
+            // SAFETY: `entry` is an entry of our live result chain and `c_attr` a valid
+            // string; the array returned (or NULL) is owned by `Values`, which frees it.
+            let list = Values {
+                ptr: unsafe { sys::ldap_get_values_len(self.ld, entry, c_attr.as_ptr()) },
+            };
+            values.extend(
+                list.iter()
+                    .filter_map(|v| String::from_utf8(v.to_vec()).ok()),
+            );
+        }
+        Ok(values)
+    }
+
+    /// One synchronous search asking for one attribute (or none: `LDAP_NO_ATTRS`).
+    fn search(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attribute: &CStr,
+        size_limit: i32,
+    ) -> Result<Message, LdapError> {
         let c_base = c_string(base, ResultCode::PARAM_ERROR, "search base")?;
         let c_filter = c_string(filter, ResultCode::FILTER_ERROR, "search filter")?;
         // libldap only reads the attribute list; the cast to *mut is for the
         // C prototype.
-        let mut attrs: [*mut c_char; 2] = [sys::LDAP_NO_ATTRS.as_ptr().cast_mut(), ptr::null_mut()];
+        let mut attrs: [*mut c_char; 2] = [attribute.as_ptr().cast_mut(), ptr::null_mut()];
         let mut timeout = self.operation_timeout;
         let mut result = Message {
             ptr: ptr::null_mut(),
@@ -1607,32 +1701,22 @@ impl Connection {
             rc
         };
         check(self.ld, Ret::Code(rc))?;
+        Ok(result)
+    }
 
-        let mut dns = Vec::new();
-        // SAFETY: `result.ptr` is the chain returned above (or NULL, which
-        // yields NULL); entries stay valid until `result` is dropped.
-        let mut entry = unsafe { sys::ldap_first_entry(self.ld, result.ptr) };
-        while !entry.is_null() {
-            // SAFETY: `entry` is an entry of our live result chain; the DN
-            // string returned is ours and is freed by `LdapMem`.
-            let dn = LdapMem {
-                ptr: unsafe { sys::ldap_get_dn(self.ld, entry) },
-            };
-            if dn.ptr.is_null() {
-                return Err(LdapError::local(
-                    ResultCode::DECODING_ERROR,
-                    "ldap_get_dn could not decode an entry",
-                ));
-            }
-            let dn = String::from_utf8(dn.to_bytes()).map_err(|_| {
-                LdapError::local(ResultCode::DECODING_ERROR, "entry DN is not valid UTF-8")
-            })?;
-            dns.push(dn);
-            // SAFETY: `entry` belongs to our live chain; returns the next
-            // entry (skipping references) or NULL.
-            entry = unsafe { sys::ldap_next_entry(self.ld, entry) };
-        }
-        Ok(dns)
+    /// The entries of a result chain, skipping references.
+    fn entries<'a>(
+        &'a self,
+        result: &'a Message,
+    ) -> impl Iterator<Item = *mut sys::LDAPMessage> + 'a {
+        // SAFETY: `result.ptr` is a live chain of this handle (or NULL, which yields NULL);
+        // entries stay valid while `result` lives.
+        let first = unsafe { sys::ldap_first_entry(self.ld, result.ptr) };
+        std::iter::successors((!first.is_null()).then_some(first), move |entry| {
+            // SAFETY: `entry` belongs to the live chain; returns the next entry or NULL.
+            let next = unsafe { sys::ldap_next_entry(self.ld, *entry) };
+            (!next.is_null()).then_some(next)
+        })
     }
 
     /// Unbinds and frees the handle now, reporting the unbind's result (it

@@ -14,6 +14,8 @@ pub mod escape;
 pub mod health;
 pub mod info;
 pub mod ldap;
+pub mod mapping;
+pub mod module_users;
 pub mod openldap_sys;
 pub mod pool;
 pub mod runtime;

@@ -229,6 +229,14 @@ extern "C" {
     // getdn.c
     pub fn ldap_get_dn(ld: *mut LDAP, entry: *mut LDAPMessage) -> *mut c_char;
 
+    // getvalues.c
+    pub fn ldap_get_values_len(
+        ld: *mut LDAP,
+        entry: *mut LDAPMessage,
+        target: *const c_char,
+    ) -> *mut *mut berval;
+    pub fn ldap_value_free_len(vals: *mut *mut berval);
+
     // result.c / free.c
     pub fn ldap_msgfree(lm: *mut LDAPMessage) -> c_int;
     pub fn ldap_memfree(p: *mut c_void);

@@ -16,11 +16,13 @@ use crate::config::{Settings, TLS_NEVER_WARNING};
 use crate::engine::{Engine, Generation};
 use crate::health::Checker;
 use crate::ldap::RequireCert;
+use crate::module_users::ModuleUsers;
 use crate::pool::Pool;
 
 pub struct Runtime {
     pub generation: Arc<Generation>,
     pub cache: Cache,
+    pub users: ModuleUsers,
     /// AUTHs waiting for an identical one already on its way to the directory, by fingerprint
     /// of that one. They get its verdict when it comes back.
     pub waiting: HashMap<Fingerprint, Vec<BlockedClient<Verdict>>>,
@@ -59,6 +61,7 @@ pub fn start(settings: Settings) -> std::io::Result<()> {
     *RUNTIME.lock() = Some(Runtime {
         generation,
         cache,
+        users: ModuleUsers::default(),
         waiting: HashMap::new(),
         pool,
         retired: Vec::new(),

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use valkey_module::{raw, Context, ValkeyString};
 
 use crate::config::{OptionSpec, Settings, OPTIONS};
+use crate::module_users;
 use crate::runtime;
 
 const OK: c_int = raw::REDISMODULE_OK as c_int;
@@ -100,9 +101,7 @@ fn defaults_with_args(args: &[ValkeyString]) -> Result<Vec<String>, String> {
             .ok_or_else(|| format!("unknown module argument '{}'", name.escape_debug()))?;
         let value = std::str::from_utf8(pair[1].as_slice())
             .map_err(|_| format!("{name}: must be UTF-8 text"))?;
-        OPTIONS[index]
-            .validate(value)
-            .map_err(|e| format!("{name}: {e}"))?;
+        check(index, value).map_err(|e| format!("{name}: {e}"))?;
         defaults[index] = value.to_owned();
     }
     Ok(defaults)
@@ -114,11 +113,17 @@ fn current() -> Result<Settings, String> {
     Settings::from_values(&texts)
 }
 
+/// Validates a value, handing ACL rules in it to Valkey to check.
+fn check(index: usize, value: &str) -> Result<(), String> {
+    let scratch = OPTIONS[index].validate(value)?;
+    module_users::check_rules(&scratch.acl_rules())
+}
+
 /// Validates and stores a value; `shown` is the string Valkey passed to the set callback.
 fn store(index: usize, shown: *mut raw::RedisModuleString) -> Result<(), String> {
     let bytes = ValkeyString::string_as_slice(shown);
     let text = std::str::from_utf8(bytes).map_err(|_| "must be UTF-8 text".to_owned())?;
-    OPTIONS[index].validate(text)?;
+    check(index, text)?;
     // SAFETY: `shown` is the live string Valkey passed to the set callback; retaining it makes
     // it ours until we free it.
     unsafe { raw::RedisModule_RetainString.ok_or("no RetainString API")?(ptr::null_mut(), shown) };
