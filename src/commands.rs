@@ -28,3 +28,35 @@ pub fn cache(_ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
         .map_or(0, |runtime| runtime.cache.flush(username.as_deref()));
     Ok(ValkeyValue::Integer(removed as i64))
 }
+
+/// `VALKEYAUTH.USERS`: the provisioned users, each as `[name, rules, sessions]`. Valkey's own
+/// ACL LIST does not show module users.
+pub fn users(ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
+    if args.len() != 1 {
+        return Err(ValkeyError::WrongArity);
+    }
+    let clients = match ctx.call("CLIENT", &["LIST"])? {
+        ValkeyValue::SimpleString(text) | ValkeyValue::BulkString(text) => text,
+        ValkeyValue::StringBuffer(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => String::new(),
+    };
+    let guard = RUNTIME.lock();
+    let Some(runtime) = guard.as_ref() else {
+        return Ok(ValkeyValue::Array(Vec::new()));
+    };
+    let rows = runtime
+        .users
+        .list()
+        .into_iter()
+        .map(|(name, rules)| {
+            let marker = format!(" user={name} ");
+            let sessions = clients.lines().filter(|l| l.contains(&marker)).count();
+            ValkeyValue::Array(vec![
+                ValkeyValue::BulkString(name.to_owned()),
+                ValkeyValue::BulkString(rules.to_owned()),
+                ValkeyValue::Integer(sessions as i64),
+            ])
+        })
+        .collect();
+    Ok(ValkeyValue::Array(rows))
+}

@@ -46,11 +46,11 @@ fn init(ctx: &Context, args: &[ValkeyString]) -> Status {
     stats::STATS.reset();
     // The crate ignores the command table's categories below its Valkey 8.0 feature; without
     // them a user with -@admin could empty the lockout shield.
-    if ctx.set_acl_category(c"valkeyauth.cache".as_ptr(), c"admin dangerous".as_ptr())
-        == Status::Err
-    {
-        log::error!("valkeyauth: not loading: cannot put VALKEYAUTH.CACHE in @admin");
-        return Status::Err;
+    for command in [c"valkeyauth.cache", c"valkeyauth.users"] {
+        if ctx.set_acl_category(command.as_ptr(), c"admin dangerous".as_ptr()) == Status::Err {
+            log::error!("valkeyauth: not loading: cannot put {command:?} in @admin");
+            return Status::Err;
+        }
     }
     let started = valkey_config::load(ctx, args).and_then(|settings| {
         runtime::start(settings).map_err(|e| format!("cannot start workers: {e}"))
@@ -92,5 +92,7 @@ valkey_module! {
     commands: [
         // VALKEYAUTH.CACHE FLUSH [username]
         ["valkeyauth.cache", commands::cache, "admin deny-script", 0, 0, 0],
+        // VALKEYAUTH.USERS
+        ["valkeyauth.users", commands::users, "admin deny-script", 0, 0, 0],
     ],
 }
