@@ -94,6 +94,7 @@ save ""
 loadmodule $MODULE
 valkeyauth.servers "ldap://127.0.0.1:$LDAP_PORT"
 valkeyauth.bind_dn_suffix ",ou=people,$SUFFIX"
+valkeyauth.legacy_auth_separator ":"
 EOF
 "$VALKEY_SERVER" "$STATE/valkey.conf"
 cli() { "$VALKEY_CLI" -p "$VALKEY_PORT" "$@"; }
@@ -102,17 +103,24 @@ wait_for valkey cli PING
 # The directory decides who may log in; Valkey ACL users decide what they may do.
 cli ACL SETUSER alice on '+@all' '~*' '&*' >/dev/null
 cli ACL SETUSER bob on '+@read' '~*' >/dev/null
-cli ACL SETUSER carol on '+@read' '~*' >/dev/null
+cli ACL SETUSER carol on '+@read' '+acl|whoami' '~*' >/dev/null
+
+# Clients older than ACLs send AUTH <password>; Valkey hands that to modules only when the
+# default user has a password.
+cli ACL SETUSER default on '>demo-default-pw' >/dev/null
 
 good=$(cli --no-auth-warning --user alice --pass alice-pw ACL WHOAMI 2>&1)
 bad=$(cli AUTH alice not-her-password 2>&1 || true)
+legacy=$(cli --no-auth-warning -a carol:carol-pw ACL WHOAMI 2>&1)
 echo
 echo "  AUTH alice alice-pw         -> ACL WHOAMI says: $good"
 echo "  AUTH alice not-her-password -> $bad"
+echo "  AUTH carol:carol-pw (legacy one-argument AUTH) -> ACL WHOAMI says: $legacy"
 echo
 
 ok=1
 [ "$good" = "alice" ] || ok=0
+[ "$legacy" = "carol" ] || ok=0
 case "$bad" in *WRONGPASS*) ;; *) ok=0 ;; esac
 
 if [ "$mode" = "--check" ]; then
@@ -125,10 +133,12 @@ fi
 cat <<EOF
 Both servers are running:
   directory  ldap://127.0.0.1:$LDAP_PORT   users alice/alice-pw, bob/bob-pw, carol/carol-pw
+  (Valkey's default user has the password demo-default-pw)
   Valkey     127.0.0.1:$VALKEY_PORT         log: $STATE/valkey.log
 
 Try:
   $VALKEY_CLI -p $VALKEY_PORT
+  127.0.0.1:$VALKEY_PORT> AUTH carol:carol-pw      (a legacy client's one-argument AUTH)
   127.0.0.1:$VALKEY_PORT> AUTH alice alice-pw
   127.0.0.1:$VALKEY_PORT> INFO valkeyauth
   127.0.0.1:$VALKEY_PORT> AUTH bob bob-pw
