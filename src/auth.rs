@@ -139,6 +139,18 @@ fn begin(
         parked.push(ctx.block_client_on_auth(on_reply, Some(on_free)));
         return Ok(AUTH_HANDLED);
     }
+    if generation.health.all_down() {
+        // Answered here: a worker would only find the same, at the cost of a block, a queue
+        // slot and an unblock on this thread.
+        return answer_unreachable(
+            ctx,
+            runtime,
+            username,
+            name,
+            fingerprint,
+            Outcome::Unreachable,
+        );
+    }
     if runtime.pool.is_full() {
         return conclude(ctx, username, Outcome::Busy, fallback);
     }
@@ -231,19 +243,11 @@ fn on_reply(
         };
         let username = ValkeyString::create(None, verdict.username.as_str());
         let name = verdict.username.as_str();
-        // The outage window: a recent success with the same password admits it while no
-        // directory server can be reached.
-        let unreachable = matches!(verdict.outcome, Outcome::Unreachable | Outcome::Timeout);
-        if unreachable
-            && runtime
-                .cache
-                .admits_during_outage(name, verdict.fingerprint)
-        {
-            STATS.count(Event::CacheStaleOnOutage);
-            return log_in(ctx, runtime, &username, name, None);
-        }
         match verdict.outcome {
             Outcome::Allowed => log_in(ctx, runtime, &username, name, Some(&verdict.groups)),
+            outcome @ (Outcome::Unreachable | Outcome::Timeout) => {
+                answer_unreachable(ctx, runtime, &username, name, verdict.fingerprint, outcome)
+            }
             other => conclude(ctx, &username, other, verdict.fallback),
         }
     })
@@ -283,6 +287,24 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
     if released.is_err() {
         log::warn!("valkeyauth: internal error while releasing waiting logins");
     }
+}
+
+/// No directory server could be reached. The outage window still admits a password that
+/// succeeded recently enough.
+fn answer_unreachable(
+    ctx: &Context,
+    runtime: &mut Runtime,
+    username: &ValkeyString,
+    name: &str,
+    fingerprint: Fingerprint,
+    outcome: Outcome,
+) -> Result<c_int, ValkeyError> {
+    if runtime.cache.admits_during_outage(name, fingerprint) {
+        STATS.count(Event::CacheStaleOnOutage);
+        return log_in(ctx, runtime, username, name, None);
+    }
+    let fallback = runtime.generation.settings.local_fallback;
+    conclude(ctx, username, outcome, fallback)
 }
 
 /// Logs the client in as the ACL user of the same name or, with provisioning, as a module user

@@ -48,6 +48,11 @@ impl Health {
         state.down.store(false, Relaxed);
     }
 
+    /// Every server is marked down: an AUTH cannot be answered by the directory now.
+    pub fn all_down(&self) -> bool {
+        self.servers.iter().all(|s| s.down.load(Relaxed))
+    }
+
     pub fn consecutive_failures(&self, server: usize) -> u64 {
         self.servers[server].consecutive_failures.load(Relaxed)
     }

@@ -72,7 +72,7 @@ pub fn start(settings: Settings) -> std::io::Result<()> {
 
 /// Publishes a new configuration; the next AUTH uses it, and workers reconnect in the
 /// background. The pool is replaced only when its size or queue bound changed.
-pub fn reconfigure(settings: Settings) -> std::io::Result<()> {
+pub fn reconfigure(mut settings: Settings) -> std::io::Result<()> {
     let mut guard = RUNTIME.lock();
     let Some(runtime) = guard.as_mut() else {
         return Ok(());
@@ -84,6 +84,12 @@ pub fn reconfigure(settings: Settings) -> std::io::Result<()> {
         let mut old = std::mem::replace(&mut runtime.pool, start_pool(&settings)?);
         old.close();
         runtime.retired.push(old);
+    }
+    let old = &runtime.generation.settings;
+    if settings.tls == old.tls {
+        // The TLS context built for these settings stays valid; building one costs up to
+        // ~18 ms and some memory that libldap never gives back.
+        settings.tls.context = old.tls.context.clone();
     }
     runtime.cache.set_limits(settings.cache);
     if !settings.same_answers_as(&runtime.generation.settings) {

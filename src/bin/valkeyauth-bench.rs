@@ -42,6 +42,7 @@ usage: cargo run --release --bin valkeyauth-bench -- [options]
   --quick             every line ~1 s, 1000 users, 5000 memory AUTHs (explicit options win)
   --module PATH       libvalkeyauth.so (default: next to this binary, else target/release)
   --valkey-server P   valkey-server 9.1 (default: tools/valkey-9.1/valkey-server)
+  --pin               slapd on CPU 0, valkey-server and the bench on the other CPUs
   --keep-tmp          keep the temporary directory (configs, logs) for inspection
   --fail-on-miss      exit 2 when a ratio misses its goal (default: reported only)
   -h, --help          this text
@@ -94,6 +95,7 @@ struct Args {
     valkey_server: Option<PathBuf>,
     keep_tmp: bool,
     fail_on_miss: bool,
+    pin: bool,
 }
 
 impl Args {
@@ -153,6 +155,7 @@ fn parse_args() -> Res<Args> {
     let mut valkey_server = None;
     let mut keep_tmp = false;
     let mut fail_on_miss = false;
+    let mut pin = false;
     let mut rest = std::env::args().skip(1);
     while let Some(arg) = rest.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -207,6 +210,7 @@ fn parse_args() -> Res<Args> {
             "--quick" if inline.is_none() => quick = true,
             "--keep-tmp" if inline.is_none() => keep_tmp = true,
             "--fail-on-miss" if inline.is_none() => fail_on_miss = true,
+            "--pin" if inline.is_none() => pin = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -225,6 +229,7 @@ fn parse_args() -> Res<Args> {
         valkey_server,
         keep_tmp,
         fail_on_miss,
+        pin,
     })
 }
 
@@ -267,6 +272,7 @@ mod os {
         pub fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
         pub fn sysconf(name: c_int) -> c_long;
         pub fn _exit(status: c_int) -> !;
+        pub fn sched_setaffinity(pid: c_int, size: usize, mask: *const u64) -> c_int;
     }
 }
 
@@ -310,6 +316,40 @@ fn nap(d: Duration) -> Res<()> {
     }
 }
 
+/// A CPU set for sched_setaffinity(2): up to 1024 CPUs, as glibc's `cpu_set_t`.
+#[derive(Clone, Copy)]
+struct CpuSet([u64; 16]);
+
+impl CpuSet {
+    fn of(cpus: impl IntoIterator<Item = usize>) -> CpuSet {
+        let mut set = [0u64; 16];
+        for cpu in cpus.into_iter().filter(|c| *c < 1024) {
+            set[cpu / 64] |= 1 << (cpu % 64);
+        }
+        CpuSet(set)
+    }
+
+    /// Binds the calling thread (and the threads and processes it creates later).
+    /// Async-signal-safe: one system call.
+    fn apply(&self) -> io::Result<()> {
+        // SAFETY: the mask is a valid 128-byte cpu_set_t for the call.
+        let rc = unsafe { os::sched_setaffinity(0, 128, self.0.as_ptr()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// `--pin`: the directory gets CPU 0 to itself, everything else the other CPUs, as when the
+/// directory runs on its own machine.
+struct Pinning {
+    directory: CpuSet,
+    rest: CpuSet,
+    cpus: usize,
+}
+
 fn signal(pid: u32, sig: c_int) -> bool {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { os::kill(pid as c_int, sig) == 0 }
@@ -329,16 +369,20 @@ struct Proc {
 
 impl Proc {
     /// Must be called from the main thread: the parent-death signal follows the forking thread.
-    fn spawn(name: &'static str, mut cmd: Command) -> Res<Proc> {
+    /// With `cpus`, the child runs on those CPUs only.
+    fn spawn(name: &'static str, mut cmd: Command, cpus: Option<CpuSet>) -> Res<Proc> {
         let parent = std::process::id() as c_int;
         // SAFETY: between fork and exec the closure makes only async-signal-safe calls
-        // (setpgid, prctl, getppid) and allocates nothing.
+        // (setpgid, prctl, getppid, sched_setaffinity) and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 os::setpgid(0, 0);
                 os::prctl(os::PR_SET_PDEATHSIG, os::SIGKILL as c_ulong);
                 if os::getppid() != parent {
                     return Err(io::Error::from_raw_os_error(os::ESRCH));
+                }
+                if let Some(cpus) = &cpus {
+                    cpus.apply()?;
                 }
                 Ok(())
             });
@@ -883,7 +927,7 @@ struct Slapd {
 }
 
 impl Slapd {
-    fn start(tmp: &Path, users: &Users) -> Res<Slapd> {
+    fn start(tmp: &Path, users: &Users, cpus: Option<CpuSet>) -> Res<Slapd> {
         for tool in [SLAPD, SLAPADD] {
             if !Path::new(tool).exists() {
                 return Err(format!(
@@ -954,7 +998,7 @@ impl Slapd {
                 .current_dir(&dir);
             let mut slapd = Slapd {
                 port,
-                proc: Proc::spawn("slapd", cmd)?,
+                proc: Proc::spawn("slapd", cmd, cpus)?,
                 log: log.clone(),
             };
             let deadline = Instant::now() + START_TIMEOUT;
@@ -1082,7 +1126,7 @@ impl Valkey {
                 .current_dir(&dir);
             let mut valkey = Valkey {
                 port,
-                proc: Proc::spawn("valkey-server", cmd)?,
+                proc: Proc::spawn("valkey-server", cmd, None)?,
                 log: log.clone(),
             };
             let deadline = Instant::now() + START_TIMEOUT;
@@ -1750,6 +1794,8 @@ struct Ratio {
 
 #[derive(Default)]
 struct Report {
+    /// CPUs of the machine (before `--pin` narrowed what this process may use).
+    cpus: usize,
     rows: Vec<Row>,
     memory: Option<Memory>,
     /// The bench did not measure what it meant to (module counters disagree).
@@ -1943,7 +1989,7 @@ impl Report {
         println!();
         println!(
             "CPU during each line, % of one core ({} cores; slapd, the generator and valkey share them):",
-            thread::available_parallelism().map_or(0, |n| n.get())
+            self.cpus
         );
         println!(
             "{:<5} {:>6} {:>13} {:>12} {:>15} {:>13} {:>6} {:>10} {:>5}",
@@ -2588,6 +2634,26 @@ fn run(args: &Args) -> Res<(usize, usize)> {
         ));
     }
 
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let pinning = if args.pin {
+        if cpus < 2 {
+            return Err("--pin needs at least 2 CPUs".to_owned());
+        }
+        let pinning = Pinning {
+            directory: CpuSet::of([0]),
+            rest: CpuSet::of(1..cpus),
+            cpus,
+        };
+        // Before any thread or child exists: everything started from here on inherits it,
+        // except slapd, which gets CPU 0.
+        pinning
+            .rest
+            .apply()
+            .map_err(|e| format!("--pin: sched_setaffinity: {e}"))?;
+        Some(pinning)
+    } else {
+        None
+    };
     let tmp = TempDir::new(args.keep_tmp)?;
     eprintln!(
         "valkeyauth-bench: generating {} users, starting slapd and valkey-server in {}",
@@ -2595,7 +2661,7 @@ fn run(args: &Args) -> Res<(usize, usize)> {
         tmp.path.display()
     );
     let users = Users::new(args.users);
-    let slapd = Slapd::start(&tmp.path, &users)?;
+    let slapd = Slapd::start(&tmp.path, &users, pinning.as_ref().map(|p| p.directory))?;
     let pw_file = tmp.path.join("searcher.pw");
     fs::write(&pw_file, format!("{SEARCHER_PW}\n")).map_err(|e| e.to_string())?;
     fs::set_permissions(&pw_file, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
@@ -2633,7 +2699,7 @@ fn run(args: &Args) -> Res<(usize, usize)> {
     create_acl_users(&mut admin, &users)?;
     let header = format!(
         "ValkeyAUTH benchmark: {} clients, {} workers, {} directory users, {:.1} s per line{}\n\
-         valkey {} (pid {}), slapd pid {}, module {}, {} CPU cores",
+         valkey {} (pid {}), slapd pid {}, module {}, {} CPU cores{}",
         args.clients,
         args.workers,
         args.users,
@@ -2643,7 +2709,14 @@ fn run(args: &Args) -> Res<(usize, usize)> {
         valkey.pid(),
         slapd.pid(),
         module.display(),
-        thread::available_parallelism().map_or(0, |n| n.get())
+        cpus,
+        match &pinning {
+            Some(p) => format!(
+                "; pinned: slapd on CPU 0, valkey-server and the bench on CPUs 1-{}",
+                p.cpus - 1
+            ),
+            None => String::new(),
+        }
     );
     eprintln!("{header}");
 
@@ -2653,7 +2726,10 @@ fn run(args: &Args) -> Res<(usize, usize)> {
         slapd: &slapd,
         valkey: &valkey,
         admin,
-        report: Report::default(),
+        report: Report {
+            cpus,
+            ..Report::default()
+        },
     };
     let outcome = bench.run();
     if let Err(e) = &outcome {
