@@ -94,8 +94,9 @@ impl Settings {
         self.exempt_users.iter().any(|u| u.as_bytes() == username)
     }
 
-    /// Whether the directory would answer the same credentials the same way under both
-    /// configurations. When it might not, cached answers are dropped.
+    /// Whether the same credentials would end the same way under both configurations: the
+    /// directory's answer and, for provisioned users, the rules it leads to. When they might
+    /// not, cached answers are dropped.
     pub fn same_answers_as(&self, other: &Settings) -> bool {
         self.servers == other.servers
             && self.mode == other.mode
@@ -108,6 +109,10 @@ impl Settings {
             && self.search_bind_dn == other.search_bind_dn
             && self.search_bind_passwd_file == other.search_bind_passwd_file
             && self.tls == other.tls
+            && self.groups == other.groups
+            && self.acl_map == other.acl_map
+            && self.default_acl_rules == other.default_acl_rules
+            && self.provision == other.provision
     }
 
     /// Every ACL rule string the configuration would hand to Valkey, so that Valkey can check

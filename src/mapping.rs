@@ -70,7 +70,53 @@ pub fn rules_for(map: &[Mapping], group_dns: &[String], default_rules: &str) -> 
         return None;
     }
     rules.push(default_rules.trim());
-    Some(rules.join(" ").trim().to_owned())
+    Some(union(&rules))
+}
+
+/// Joins rule strings into one that Valkey accepts. Valkey refuses a key pattern after `~*`
+/// (and a channel pattern after `&*`), although each group's rules are valid alone: a pattern
+/// that everything-access already covers is dropped.
+fn union(rules: &[&str]) -> String {
+    let tokens: Vec<&str> = rules.iter().flat_map(|r| tokens(r)).collect();
+    let all_keys = tokens.iter().any(|t| matches!(*t, "~*" | "allkeys"));
+    let all_channels = tokens.iter().any(|t| matches!(*t, "&*" | "allchannels"));
+    let covered = |t: &&str| {
+        let key_pattern = t.starts_with('~') || (t.starts_with('%') && t.contains('~'));
+        (all_keys && key_pattern && *t != "~*")
+            || (all_channels && t.starts_with('&') && *t != "&*")
+    };
+    tokens
+        .into_iter()
+        .filter(|t| !covered(t))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Splits rules at spaces, keeping a parenthesised selector such as `(~x +get)` whole.
+fn tokens(rules: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut depth) = (None, 0usize);
+    for (i, c) in rules.char_indices() {
+        match c {
+            '(' => {
+                depth += 1;
+                start.get_or_insert(i);
+            }
+            ')' => depth = depth.saturating_sub(1),
+            c if c.is_whitespace() && depth == 0 => {
+                if let Some(s) = start.take() {
+                    out.push(&rules[s..i]);
+                }
+            }
+            _ => {
+                start.get_or_insert(i);
+            }
+        }
+    }
+    if let Some(s) = start {
+        out.push(&rules[s..]);
+    }
+    out
 }
 
 /// Splits an RFC 4514 DN into decoded, lowercased RDNs; `None` if it is not one.
@@ -167,6 +213,29 @@ mod tests {
         assert_eq!(rules_for(&map, &[], ""), None);
         let other = ["cn=others,ou=groups,dc=example,dc=com".to_owned()];
         assert_eq!(rules_for(&map, &other, ""), None);
+    }
+
+    #[test]
+    fn all_keys_and_channels_cover_narrower_patterns() {
+        let map = parse("writers => +@all ~* &*; cachers => +set ~cache:* %R~x &news").unwrap();
+        let groups = ["cn=writers,o=x".to_owned(), "cn=cachers,o=x".to_owned()];
+        assert_eq!(
+            rules_for(&map, &groups, "~public:*").unwrap(),
+            "+@all ~* &* +set"
+        );
+        let narrow = ["cn=cachers,o=x".to_owned()];
+        assert_eq!(
+            rules_for(&map, &narrow, "").unwrap(),
+            "+set ~cache:* %R~x &news"
+        );
+    }
+
+    #[test]
+    fn selectors_stay_whole() {
+        assert_eq!(
+            tokens("+get (~a +set  ~b) ~*"),
+            ["+get", "(~a +set  ~b)", "~*"]
+        );
     }
 
     #[test]
