@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{read_password_file, AuthMode, Settings};
 use crate::escape;
@@ -192,7 +192,8 @@ impl Request {
     fn timeouts_left(&self) -> Option<Timeouts> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         let configured = &self.generation.settings.timeouts;
-        (!left.is_zero()).then(|| Timeouts {
+        // Below a millisecond nothing useful fits (and libldap refuses a zero timeout).
+        (left >= Duration::from_millis(1)).then(|| Timeouts {
             connect: configured.connect.min(left),
             operation: configured.operation.min(left),
         })
@@ -292,7 +293,11 @@ impl Engine {
                     }
                 }
                 Attempt::NextServer(why) => {
-                    generation.health.mark_down(server);
+                    // A step cut short by this AUTH's own deadline says nothing about the server.
+                    let cut = target.timeouts != settings.timeouts;
+                    if !(cut && why == Outcome::Timeout) {
+                        generation.health.mark_down(server);
+                    }
                     outage = why;
                 }
             }

@@ -462,7 +462,11 @@ fn many_concurrent_clients_all_get_the_right_answer() {
     // Identical AUTHs in flight at the same moment share one bind.
     let binds = slapd.count_ops("BIND") as u64;
     let coalesced = info_field(&v, "coalesced");
-    assert_eq!(binds + coalesced, (THREADS * ROUNDS) as u64, "{binds} binds, {coalesced} coalesced");
+    assert_eq!(
+        binds + coalesced,
+        (THREADS * ROUNDS) as u64,
+        "{binds} binds, {coalesced} coalesced"
+    );
 }
 
 // ---- Valkey 8.1 ------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ fn everything_visible(v: &Valkey) -> String {
 #[test]
 fn config_get_shows_every_readme_option_with_its_default() {
     let options = readme_options();
-    assert_eq!(options.len(), 25, "README option table: {options:?}");
+    assert_eq!(options.len(), 38, "README option table: {options:?}");
     let v = Valkey::builder().module([] as [&str; 0]).start();
     let mut c = v.raw();
     let all = c.call(&[b"CONFIG", b"GET", b"valkeyauth.*"]);
@@ -318,6 +318,87 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (b"1.1".to_vec(), "must be one of: 1.2, 1.3"),
                 (b"1.4".to_vec(), "must be one of: 1.2, 1.3"),
             ],
+        ),
+        (
+            "cache_ttl_s",
+            "45".into(),
+            vec![
+                (b"86401".to_vec(), "whole number from 0 to 86400"),
+                (b"-1".to_vec(), "whole number from 0 to 86400"),
+            ],
+        ),
+        (
+            "cache_max_entries",
+            "5000".into(),
+            vec![
+                (b"0".to_vec(), "whole number from 1 to 10000000"),
+                (b"10000001".to_vec(), "whole number from 1 to 10000000"),
+            ],
+        ),
+        (
+            "negative_cache_ttl_s",
+            "0".into(),
+            vec![(b"3601".to_vec(), "whole number from 0 to 3600")],
+        ),
+        (
+            "cache_stale_on_outage_s",
+            "3600".into(),
+            vec![(b"604801".to_vec(), "whole number from 0 to 604800")],
+        ),
+        (
+            "provision",
+            "on".into(),
+            vec![(b"maybe".to_vec(), "must be one of: off, on")],
+        ),
+        (
+            "acl_map",
+            format!("admins => +@all ~*; cn=readers,{GROUPS} => +@read ~*"),
+            vec![
+                (b"admins +@all".to_vec(), "is not '<group> => <rules>'"),
+                (b"=> +@all".to_vec(), "needs both a group and rules"),
+                (b"admins => +@no-such-category".to_vec(), "are invalid"),
+            ],
+        ),
+        (
+            "default_acl_rules",
+            "+@read ~*".into(),
+            vec![(b"+no-such-command".to_vec(), "are invalid")],
+        ),
+        (
+            "group_search_base",
+            GROUPS.into(),
+            vec![(b"ou=groups\n".to_vec(), "control characters")],
+        ),
+        (
+            "group_search_filter",
+            "(member={dn})".into(),
+            vec![(
+                b"(member={dn})(memberUid={username})".to_vec(),
+                "must be one LDAP filter",
+            )],
+        ),
+        (
+            "group_membership_attribute",
+            "memberOf".into(),
+            vec![(b"member of".to_vec(), "attribute name")],
+        ),
+        (
+            "nested_groups",
+            "yes".into(),
+            vec![(b"deep".to_vec(), "must be one of: no, yes")],
+        ),
+        (
+            "nested_groups_max_depth",
+            "3".into(),
+            vec![
+                (b"0".to_vec(), "whole number from 1 to 64"),
+                (b"65".to_vec(), "whole number from 1 to 64"),
+            ],
+        ),
+        (
+            "legacy_auth_separator",
+            ":".into(),
+            vec![(b"\t".to_vec(), "control characters")],
         ),
         ("exempt_users", "default,ops backup".into(), vec![]),
         (
@@ -646,6 +727,13 @@ fn config_rewrite_round_trips() {
         ("tls_key_path", "/etc/valkey/client.key".into()),
         ("tls_require_cert", "try".into()),
         ("tls_min_version", "1.3".into()),
+        ("cache_ttl_s", "45".into()),
+        ("cache_max_entries", "5000".into()),
+        ("negative_cache_ttl_s", "0".into()),
+        ("cache_stale_on_outage_s", "3600".into()),
+        // Separators and spaces that CONFIG REWRITE must quote.
+        ("acl_map", "admins => +@all ~*; readers => +@read ~*".into()),
+        ("legacy_auth_separator", ":".into()),
     ];
     let mut c = v.raw();
     for (name, value) in &values {

@@ -25,8 +25,9 @@ const AUTH_MS: u64 = 2000;
 const HEALTH_MS: u64 = 100;
 /// Added to a deadline for the reply to travel and for a busy test machine.
 const MARGIN: Duration = Duration::from_millis(1000);
-/// An AUTH that paid no timeout: well under the smallest one (connect, 300 ms).
-const FAST: Duration = Duration::from_millis(200);
+/// An AUTH that paid a timeout took at least the smallest one (connect, 300 ms): one that
+/// took less paid none.
+const FAST: Duration = Duration::from_millis(CONNECT_MS);
 /// How long a failed server may take to be used again once it is back: a few health checks.
 const FAIL_BACK_BOUND: Duration = Duration::from_secs(2);
 
@@ -61,12 +62,17 @@ fn start_valkey(servers: &str, extra: &[&str]) -> Valkey {
     let v = Valkey::builder()
         .module(module_args(servers, extra))
         .start();
+    add_acl_users(&v);
+    v
+}
+
+/// `ACL SETUSER <name> on +@all ~*` for alice, bob, carol and mallory.
+fn add_acl_users(v: &Valkey) {
     let mut admin = v.raw();
     for user in ["alice", "bob", "carol", "mallory"] {
         let r = admin.call(&[b"ACL", b"SETUSER", user.as_bytes(), b"on", b"+@all", b"~*"]);
         assert!(r.is_ok(), "ACL SETUSER {user}: {r}");
     }
-    v
 }
 
 /// Search+bind module arguments for `servers` with [`SEARCHER`] as the service account.
@@ -273,6 +279,53 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// The number of open file descriptors of process `pid` once it has held still for 250 ms
+/// (Valkey closes a connection the test just closed a moment later), or after 5 s.
+fn settled_fd_count(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut last, mut since) = (fd_count(pid), Instant::now());
+    loop {
+        thread::sleep(Duration::from_millis(25));
+        let n = fd_count(pid);
+        if n != last {
+            (last, since) = (n, Instant::now());
+        } else if since.elapsed() >= Duration::from_millis(250) || Instant::now() >= deadline {
+            return n;
+        }
+    }
+}
+
+/// What each open file descriptor of process `pid` is: a path, `pipe:[..]`, or for a TCP
+/// socket its remote port (`tcp to :389`).
+fn fd_table(pid: u32) -> std::collections::BTreeMap<u32, String> {
+    let ports: std::collections::HashMap<u64, u16> = netlink::tcp_sockets()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(port, inode)| (inode, port))
+        .collect();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    fds.flatten()
+        .filter_map(|fd| {
+            let n = fd.file_name().to_str()?.parse().ok()?;
+            let target = fs::read_link(fd.path())
+                .ok()?
+                .to_string_lossy()
+                .into_owned();
+            let inode = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok());
+            let shown = match inode.and_then(|i| ports.get(&i)) {
+                Some(port) => format!("{target} (tcp to :{port})"),
+                None => target,
+            };
+            Some((n, shown))
+        })
+        .collect()
+}
+
 /// Resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
@@ -283,11 +336,11 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// PINGs Valkey from its own connection until stopped, about once a millisecond; the slowest
-/// round trip is kept.
+/// PINGs Valkey from its own connection until stopped, about once a millisecond, and keeps
+/// every round trip time.
 struct Pinger {
     stop: std::sync::Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<(Duration, usize)>>,
+    thread: Option<thread::JoinHandle<Vec<Duration>>>,
 }
 
 impl Pinger {
@@ -296,15 +349,14 @@ impl Pinger {
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::spawn(move || {
-            let (mut slowest, mut count) = (Duration::ZERO, 0);
+            let mut times = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
-                slowest = slowest.max(t.elapsed());
-                count += 1;
+                times.push(t.elapsed());
                 thread::sleep(Duration::from_millis(1));
             }
-            (slowest, count)
+            times
         });
         Pinger {
             stop,
@@ -312,15 +364,46 @@ impl Pinger {
         }
     }
 
-    /// Stops; the slowest PING and how many were sent.
-    fn finish(mut self) -> (Duration, usize) {
+    /// Stops; the round trip time of every PING, slowest last.
+    fn finish(mut self) -> Vec<Duration> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .take()
             .expect("pinger thread")
             .join()
+            .map(|mut times| {
+                times.sort();
+                times
+            })
             .expect("pinger panicked")
     }
+}
+
+/// `(command, microseconds)` of every entry of Valkey's SLOWLOG: the time each command ran on
+/// the main thread (for a blocked AUTH: the callbacks, not the time it waited).
+fn slowlog(v: &Valkey) -> Vec<(String, u64)> {
+    let Reply::Array(entries) = v.raw().call(&[b"SLOWLOG", b"GET", b"-1"]) else {
+        panic!("SLOWLOG GET -1 is not an array");
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let Reply::Array(fields) = entry else {
+                panic!("SLOWLOG entry {entry:?}");
+            };
+            let (Reply::Int(micros), Reply::Array(args)) = (&fields[2], &fields[3]) else {
+                panic!("SLOWLOG entry {entry:?}");
+            };
+            let command = args
+                .iter()
+                .take(2)
+                .filter_map(Reply::text)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_uppercase();
+            (command, u64::try_from(*micros).expect("duration"))
+        })
+        .collect()
 }
 
 /// A username and a password, as sent.
@@ -539,18 +622,38 @@ fn first_server_killed_during_a_load_of_concurrent_auths() {
         &format!("{},{}", first.url(), second.url()),
         &["workers", "4"],
     );
+    // One user per thread, each AUTH with its own wrong password: no two AUTHs in flight are
+    // identical, so none shares another's bind and every one reaches a directory.
+    let users: [FixtureUser; THREADS] = [ALICE, BOB, CAROL, STAR, COMMA, PLUS, HASH, UTF8];
+    let mut admin = v.raw();
+    for user in &users[3..] {
+        let r = admin.call(&[
+            b"ACL",
+            b"SETUSER",
+            user.name.as_bytes(),
+            b"on",
+            b"+@all",
+            b"~*",
+        ]);
+        assert!(r.is_ok(), "ACL SETUSER {}: {r}", user.name);
+    }
     let done = AtomicUsize::new(0);
     let samples: Mutex<Vec<Sample>> = Mutex::new(Vec::new());
 
     let killed_at = thread::scope(|s| {
-        for t in 0..THREADS {
+        for (t, user) in users.into_iter().enumerate() {
             let (v, done, samples) = (&v, &done, &samples);
             s.spawn(move || {
                 let mut c = v.raw();
                 for i in 0..ROUNDS {
-                    let (user, right) = attempt(t + i);
+                    let right = (t + i).is_multiple_of(2);
+                    let mut pass = password(&user, right);
+                    if !right {
+                        pass.extend_from_slice(format!("-{i}").as_bytes());
+                    }
                     let sent = Instant::now();
-                    let (reply, took) = timed_auth(&mut c, &user, right);
+                    let reply = c.auth(user.name.as_bytes(), &pass);
+                    let took = sent.elapsed();
                     samples.lock().unwrap().push(Sample {
                         user,
                         right,
@@ -606,14 +709,20 @@ fn first_server_killed_during_a_load_of_concurrent_auths() {
         assert!(s.took < FAST, "an AUTH after the kill took {:?}", s.took);
     }
     assert!(!server_health(&v)[0].up, "{:?}", server_health(&v));
+    // Every AUTH bound on one of the servers (one whose bind was lost with the first server
+    // bound again on the second); those sent after the kill bound on the second.
+    let (first_binds, second_binds) = (first.count_ops("BIND"), second.count_ops("BIND"));
+    eprintln!("binds: {first_binds} on the first server, {second_binds} on the second");
+    assert_eq!(info_field(&v, "coalesced"), 0);
     assert!(
-        first.count_ops("BIND") >= KILL_AFTER,
+        first_binds >= KILL_AFTER,
         "the load began on the first server"
     );
     assert!(
-        second.count_ops("BIND") >= after.len(),
+        second_binds >= after.len(),
         "the rest went to the second server"
     );
+    assert!(first_binds + second_binds >= THREADS * ROUNDS);
     assert_no_outage(&v);
 
     // Fail-back after a restart.
@@ -672,10 +781,11 @@ fn auth_timeout_bounds_an_auth_on_a_frozen_server_queueing_included() {
     let r = admin.call(&[b"CONFIG", b"SET", b"valkeyauth.connect_timeout_ms", b"301"]);
     assert!(r.is_ok(), "{r}");
     assert!(server_health(&v)[0].up);
+    // Distinct passwords: identical AUTHs would share one place in the queue.
     let mut pending: Vec<(RawClient, Instant)> = (0..CLIENTS)
-        .map(|_| {
+        .map(|i| {
             let mut c = v.raw();
-            c.send(&[b"AUTH", b"alice", ALICE.password.as_bytes()])
+            c.send(&[b"AUTH", b"alice", format!("guess-{i}").as_bytes()])
                 .expect("send AUTH");
             (c, Instant::now())
         })
@@ -707,17 +817,16 @@ fn auth_timeout_bounds_an_auth_on_a_frozen_server_queueing_included() {
 /// MODULE BUG (ignored until fixed): the step timeouts are cut to what is left of the AUTH's
 /// deadline, and when such a cut timeout expires the server is marked down like a server that
 /// failed. In this test one AUTH's budget ends mid-bind, the healthy slapd is marked down, and
-/// every AUTH after it (about 370 of 400, then every later one until the next health check)
+/// nearly every AUTH after it (about 380 of 400, then every later one until the next health check)
 /// gets "directory unavailable" at once. Run with `cargo test --release --test resilience --
 /// --ignored` to see it fail.
 #[test]
-#[ignore = "module bug: an AUTH deadline running out mid-bind marks a healthy server down"]
 fn an_auth_running_out_of_its_deadline_does_not_mark_a_healthy_server_down() {
-    const CLIENTS: usize = 20;
-    const PER_CLIENT: usize = 20;
+    const CLIENTS: usize = 400;
     let slapd = Slapd::start_default();
-    // A 5 ms budget and one worker: most of a 400-AUTH burst expires while queued or while
-    // slapd answers. No health check within the test, so a wrong mark stays visible.
+    // A 5 ms budget and one worker: 400 AUTHs queued at once (one per connection) take far
+    // longer than that to serve, so later ones expire while queued, and one of them runs out
+    // while slapd answers it. No health check within the test, so a wrong mark stays visible.
     let v = start_valkey(
         &slapd.url(),
         &[
@@ -729,17 +838,21 @@ fn an_auth_running_out_of_its_deadline_does_not_mark_a_healthy_server_down() {
             "600000",
         ],
     );
-    let items: Vec<Credentials> = (0..CLIENTS * PER_CLIENT)
-        .map(|_| (b"alice".to_vec(), ALICE.password.as_bytes().to_vec()))
+    // Distinct wrong passwords: no two AUTHs share one directory request.
+    let items: Vec<Credentials> = (0..CLIENTS)
+        .map(|i| (b"alice".to_vec(), format!("guess-{i}").into_bytes()))
         .collect();
     let replies = burst(&v, CLIENTS, &items);
     for r in &replies {
-        assert!(r.is_ok() || r.error() == Some(UNAVAILABLE), "{r}");
+        assert!(
+            r.error() == Some(WRONGPASS) || r.error() == Some(UNAVAILABLE),
+            "{r}"
+        );
     }
     let c = counters(&v);
     eprintln!(
-        "deadline burst: {} OK, {} outage_timeout, {} outage_unreachable; {:?}",
-        c["allowed"],
+        "deadline burst: {} refused, {} outage_timeout, {} outage_unreachable; {:?}",
+        c["denied_bad_credentials"],
         c["outage_timeout"],
         c["outage_unreachable"],
         server_health(&v)
@@ -925,7 +1038,10 @@ fn searches_never_run_on_a_connection_bound_as_a_user() {
             ("denied_bad_credentials", wrong),
         ],
     );
-    assert_eq!(slapd.count_ops("SRCH"), 3 * ROUNDS);
+    // One search per AUTH, except for AUTHs that shared the answer of an identical one in
+    // flight at the same moment.
+    let coalesced = info_field(&v, "coalesced") as usize;
+    assert_eq!(slapd.count_ops("SRCH") + coalesced, 3 * ROUNDS);
 }
 
 // ---- bounded connections ---------------------------------------------------------------------
@@ -1033,10 +1149,16 @@ fn bursts_of_200_auths_after_load_and_after_a_config_change() {
     let slapd = Slapd::start_default();
     let v = start_valkey(&slapd.url(), &[]);
     let cases = [(ALICE, true), (BOB, false), (CAROL, true), (BOB, true)];
+    // Each wrong password is different, so each goes to the directory; identical right ones in
+    // flight together may share one bind.
     let items: Vec<Credentials> = (0..N)
         .map(|i| {
             let (user, right) = cases[i % cases.len()];
-            (user.name.as_bytes().to_vec(), password(&user, right))
+            let mut pass = password(&user, right);
+            if !right {
+                pass.extend_from_slice(i.to_string().as_bytes());
+            }
+            (user.name.as_bytes().to_vec(), pass)
         })
         .collect();
     let check = |replies: Vec<Reply>, when: &str| {
@@ -1125,21 +1247,16 @@ fn thousands_of_failing_auths_leak_no_fds_and_no_memory() {
         // Carol's password with a suffix is wrong; what matters is the directory answers.
         expect_all(right, WRONGPASS, "back up");
     };
-    let settle = || {
-        thread::sleep(Duration::from_millis(300));
-        v.raw().call(&[b"PING"]);
-    };
 
     // Warm-up: every kind of failure once, so that buffers, arenas and connections exist.
     round(&mut slapd, 200);
-    settle();
-    let (fds_before, rss_before) = (fd_count(pid), rss_kib(pid));
+    let (fds_before, rss_before) = (settled_fd_count(pid), rss_kib(pid));
+    let table_before = fd_table(pid);
 
     for _ in 0..2 {
         round(&mut slapd, 1500);
     }
-    settle();
-    let fds_after = wait_for(fds_before, Duration::from_secs(5), || fd_count(pid));
+    let fds_after = wait_for(fds_before, Duration::from_secs(5), || settled_fd_count(pid));
     let rss_after = rss_kib(pid);
     let c = counters(&v);
     eprintln!(
@@ -1148,7 +1265,13 @@ fn thousands_of_failing_auths_leak_no_fds_and_no_memory() {
         c["denied_bad_credentials"] + c["denied_unknown_user"] + c["outage_unreachable"],
         start.elapsed()
     );
-    assert_eq!(fds_after, fds_before, "file descriptors of valkey-server");
+    assert_eq!(
+        fds_after,
+        fds_before,
+        "file descriptors of valkey-server (slapd on :{}): before {table_before:#?}, after {:#?}",
+        slapd.port(),
+        fd_table(pid)
+    );
     assert!(
         rss_after <= rss_before + 2048,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
@@ -1171,10 +1294,15 @@ fn thousands_of_failing_auths_leak_no_fds_and_no_memory() {
 
 #[test]
 fn config_set_and_auth_on_a_frozen_server_never_stall_the_main_thread() {
-    const PING_BOUND: Duration = Duration::from_millis(50);
+    const BOUND: Duration = Duration::from_millis(50);
     let good = Slapd::start_default();
     let mut frozen = Slapd::start_default();
-    let v = start_valkey(&good.url(), &[]);
+    let v = Valkey::builder()
+        .module(module_args(&good.url(), &[]))
+        .config("slowlog-log-slower-than 0")
+        .config("slowlog-max-len 100000")
+        .start();
+    add_acl_users(&v);
     let (r, _) = timed_auth(&mut v.raw(), &ALICE, true);
     assert!(r.is_ok(), "{r}");
     frozen.freeze();
@@ -1214,17 +1342,50 @@ fn config_set_and_auth_on_a_frozen_server_never_stall_the_main_thread() {
     config_set("servers", &frozen.url());
     let (r, _) = timed_auth(&mut v.raw(), &BOB, true);
     assert_eq!(r.error(), Some(UNAVAILABLE), "{r}");
-    let (slowest_ping, pings) = pinger.finish();
-    eprintln!(
-        "PING during CONFIG SET and AUTHs on a frozen server: slowest {slowest_ping:?} of \
-         {pings}; slowest CONFIG SET {slowest_config:?}"
-    );
-    assert!(slowest_ping < PING_BOUND, "a PING took {slowest_ping:?}");
-    assert!(
-        slowest_config < PING_BOUND,
-        "a CONFIG SET took {slowest_config:?}"
-    );
+    let pings = pinger.finish();
     frozen.thaw();
+
+    let slowest_ping = *pings.last().expect("PINGs");
+    let p99 = pings[pings.len() * 99 / 100];
+    let main_thread = slowlog(&v);
+    let slowest_command = main_thread
+        .iter()
+        .filter(|(command, _)| command.starts_with("CONFIG SET") || command.starts_with("AUTH"))
+        .max_by_key(|(_, micros)| *micros)
+        .cloned()
+        .expect("CONFIG SET and AUTH in the SLOWLOG");
+    eprintln!(
+        "PING during CONFIG SET and AUTHs on a frozen server: slowest {slowest_ping:?}, 99th \
+         percentile {p99:?}, of {} PINGs; slowest CONFIG SET round trip {slowest_config:?}; \
+         longest on the main thread: {} for {} us",
+        pings.len(),
+        slowest_command.0,
+        slowest_command.1
+    );
+    // What the main thread itself spent on each CONFIG SET and AUTH, from Valkey's own clock.
+    let counted = |prefix: &str| {
+        main_thread
+            .iter()
+            .filter(|(c, _)| c.starts_with(prefix))
+            .count()
+    };
+    assert!(
+        counted("CONFIG SET") >= 5 && counted("AUTH") >= 3,
+        "{main_thread:?}"
+    );
+    assert!(
+        Duration::from_micros(slowest_command.1) < BOUND,
+        "the main thread ran {} for {} us",
+        slowest_command.0,
+        slowest_command.1
+    );
+    // Seen from a client. A main thread that waited on the frozen server would hold one PING for
+    // at least the operation timeout; a busy test machine delays a rare PING by far less.
+    assert!(p99 < BOUND, "99% of the PINGs took up to {p99:?}");
+    assert!(
+        slowest_ping < Duration::from_millis(OPERATION_MS / 2),
+        "a PING took {slowest_ping:?}"
+    );
 }
 
 // ---- referrals -------------------------------------------------------------------------------
