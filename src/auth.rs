@@ -185,10 +185,15 @@ fn legacy_split<'a>(separator: &str, user: &'a [u8], password: &'a [u8]) -> (&'a
     }
 }
 
-/// Only lowercase names are provisioned: directories match names without regard to case while
-/// Valkey does not, and `ALICE` must never become a second user with alice's rights.
+/// Only plain lowercase ASCII names are provisioned. Directories match names loosely (case,
+/// surrounding spaces, full-width letters), Valkey exactly: `ALICE`, `alice ` or `ａｌｉｃｅ`
+/// must never become a second user with alice's rights, or get around a disabled `alice`.
 fn provisionable(name: &str) -> bool {
-    name != "default" && name.chars().all(|c| !c.is_uppercase())
+    !name.is_empty()
+        && name != "default"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-@".contains(&b))
 }
 
 /// The worker's job handler.
@@ -424,4 +429,49 @@ fn guarded(f: impl FnOnce() -> Result<c_int, ValkeyError>) -> Result<c_int, Valk
         STATS.record(Outcome::InternalError);
         Ok(AUTH_HANDLED)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_lowercase_names_are_provisioned() {
+        for name in ["alice", "j.smith", "ops-bot_2", "alice@corp.example"] {
+            assert!(provisionable(name), "{name}");
+        }
+        for name in [
+            "default",
+            "ALICE",
+            "Alice",
+            "alice ",
+            " alice",
+            "a  b",
+            "ａｌｉｃｅ",
+            "zoë",
+            "",
+        ] {
+            assert!(!provisionable(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn legacy_split_takes_the_first_separator() {
+        assert_eq!(
+            legacy_split(":", b"default", b"alice:pa:ss"),
+            (&b"alice"[..], &b"pa:ss"[..])
+        );
+        assert_eq!(
+            legacy_split(":", b"default", b"defpw"),
+            (&b"default"[..], &b"defpw"[..])
+        );
+        assert_eq!(
+            legacy_split(":", b"bob", b"alice:pw"),
+            (&b"bob"[..], &b"alice:pw"[..])
+        );
+        assert_eq!(
+            legacy_split("", b"default", b"alice:pw"),
+            (&b"default"[..], &b"alice:pw"[..])
+        );
+    }
 }

@@ -57,66 +57,25 @@ impl Mapping {
     }
 }
 
-/// The rules a user gets from the groups it is in, in `acl_map` order, followed by the default
-/// rules; `None` when no mapping matches and there are no default rules.
+/// The rules a user gets from the groups it is in, in `acl_map` order, and the default rules;
+/// `None` when no mapping matches and there are no default rules. Each group's rules become
+/// one selector, so a user in two groups may do what either group allows and no more: one
+/// group's commands never reach another group's keys.
 pub fn rules_for(map: &[Mapping], group_dns: &[String], default_rules: &str) -> Option<String> {
     let groups: Vec<Vec<Rdn>> = group_dns.iter().filter_map(|dn| parse_dn(dn)).collect();
-    let mut rules: Vec<&str> = map
+    let selectors: Vec<String> = map
         .iter()
         .filter(|m| groups.iter().any(|g| m.matches(g)))
         .map(|m| m.rules.as_str())
+        .chain(Some(default_rules.trim()).filter(|r| !r.is_empty()))
+        .map(selector)
         .collect();
-    if rules.is_empty() && default_rules.trim().is_empty() {
-        return None;
-    }
-    rules.push(default_rules.trim());
-    Some(union(&rules))
+    (!selectors.is_empty()).then(|| selectors.join(" "))
 }
 
-/// Joins rule strings into one that Valkey accepts. Valkey refuses a key pattern after `~*`
-/// (and a channel pattern after `&*`), although each group's rules are valid alone: a pattern
-/// that everything-access already covers is dropped.
-fn union(rules: &[&str]) -> String {
-    let tokens: Vec<&str> = rules.iter().flat_map(|r| tokens(r)).collect();
-    let all_keys = tokens.iter().any(|t| matches!(*t, "~*" | "allkeys"));
-    let all_channels = tokens.iter().any(|t| matches!(*t, "&*" | "allchannels"));
-    let covered = |t: &&str| {
-        let key_pattern = t.starts_with('~') || (t.starts_with('%') && t.contains('~'));
-        (all_keys && key_pattern && *t != "~*")
-            || (all_channels && t.starts_with('&') && *t != "&*")
-    };
-    tokens
-        .into_iter()
-        .filter(|t| !covered(t))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Splits rules at spaces, keeping a parenthesised selector such as `(~x +get)` whole.
-fn tokens(rules: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut start, mut depth) = (None, 0usize);
-    for (i, c) in rules.char_indices() {
-        match c {
-            '(' => {
-                depth += 1;
-                start.get_or_insert(i);
-            }
-            ')' => depth = depth.saturating_sub(1),
-            c if c.is_whitespace() && depth == 0 => {
-                if let Some(s) = start.take() {
-                    out.push(&rules[s..i]);
-                }
-            }
-            _ => {
-                start.get_or_insert(i);
-            }
-        }
-    }
-    if let Some(s) = start {
-        out.push(&rules[s..]);
-    }
-    out
+/// One group's rules as a Valkey ACL selector.
+pub fn selector(rules: &str) -> String {
+    format!("({rules})")
 }
 
 /// Splits an RFC 4514 DN into decoded, lowercased RDNs; `None` if it is not one.
@@ -195,47 +154,27 @@ mod tests {
         assert_eq!(map.len(), 2);
         assert_eq!(map[1].rules, "+@read ~cache:*");
         let ops = "cn=ops team\\2C berlin, ou=groups, dc=example, dc=com".to_owned();
-        assert_eq!(rules_for(&map, &[ops], "").unwrap(), "+@all ~* &*");
+        assert_eq!(rules_for(&map, &[ops], "").unwrap(), "(+@all ~* &*)");
     }
 
     #[test]
-    fn rules_are_the_union_in_map_order_plus_default() {
+    fn each_group_is_one_selector_in_map_order_then_default() {
         let map = parse(&format!("{ADMINS} => +@all; readers => +@read")).unwrap();
         let groups = [
             "cn=readers,ou=groups,dc=example,dc=com".to_owned(),
             ADMINS.to_owned(),
         ];
         assert_eq!(
-            rules_for(&map, &groups, "~app:*").unwrap(),
-            "+@all +@read ~app:*"
+            rules_for(&map, &groups, "+get ~app:*").unwrap(),
+            "(+@all) (+@read) (+get ~app:*)"
         );
-        assert_eq!(rules_for(&map, &[], "~app:*").unwrap(), "~app:*");
+        assert_eq!(
+            rules_for(&map, &[], "+get ~app:*").unwrap(),
+            "(+get ~app:*)"
+        );
         assert_eq!(rules_for(&map, &[], ""), None);
         let other = ["cn=others,ou=groups,dc=example,dc=com".to_owned()];
         assert_eq!(rules_for(&map, &other, ""), None);
-    }
-
-    #[test]
-    fn all_keys_and_channels_cover_narrower_patterns() {
-        let map = parse("writers => +@all ~* &*; cachers => +set ~cache:* %R~x &news").unwrap();
-        let groups = ["cn=writers,o=x".to_owned(), "cn=cachers,o=x".to_owned()];
-        assert_eq!(
-            rules_for(&map, &groups, "~public:*").unwrap(),
-            "+@all ~* &* +set"
-        );
-        let narrow = ["cn=cachers,o=x".to_owned()];
-        assert_eq!(
-            rules_for(&map, &narrow, "").unwrap(),
-            "+set ~cache:* %R~x &news"
-        );
-    }
-
-    #[test]
-    fn selectors_stay_whole() {
-        assert_eq!(
-            tokens("+get (~a +set  ~b) ~*"),
-            ["+get", "(~a +set  ~b)", "~*"]
-        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::ptr;
 
 use valkey_module::{raw, Context, ValkeyString};
 
+use crate::mapping;
+
 /// Owns one module user. Dropping it frees the user, which disconnects its sessions: after
 /// MODULE UNLOAD no session with rules from the module outlives it.
 pub struct ModuleUser {
@@ -82,9 +84,11 @@ pub fn check_rules(rules: &[&str]) -> Result<(), String> {
         return Ok(());
     }
     let mut probe = ModuleUser::create("valkeyauth-rule-check")?;
+    // Each rule string becomes a selector of a provisioned user, so it is checked as one:
+    // user flags such as `nopass`, `>password` or `off` have no place there.
     for r in rules {
         probe
-            .set_rules(ptr::null_mut(), r)
+            .set_rules(ptr::null_mut(), &mapping::selector(r))
             .map_err(|e| format!("ACL rules '{r}' are invalid: {e}"))?;
     }
     Ok(())
