@@ -10,62 +10,15 @@ use common::*;
 use std::thread;
 use std::time::Duration;
 
-const PEOPLE_SUFFIX: &str = ",ou=people,dc=example,dc=test";
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
 // ---- helpers --------------------------------------------------------------------------------
 
-fn ok() -> Reply {
-    Reply::Simple("OK".into())
-}
-
-fn wrongpass() -> Reply {
-    Reply::Error(WRONGPASS.into())
-}
-
-/// Module arguments for bind mode against `slapd`, then `extra` (name, value, ...).
-fn bind_args(slapd: &Slapd, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "servers".to_owned(),
-        slapd.url(),
-        "bind_dn_suffix".to_owned(),
-        PEOPLE_SUFFIX.to_owned(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-/// Valkey 9.1 with the module in bind mode against `slapd`.
+/// Valkey 9.1 with the module in bind mode against `slapd`, then `extra` (name, value, ...).
 fn start_valkey(slapd: &Slapd, extra: &[&str]) -> Valkey {
-    Valkey::builder().module(bind_args(slapd, extra)).start()
-}
-
-/// `ACL SETUSER <args...>`, which must succeed.
-fn acl_setuser(v: &Valkey, args: &[&str]) {
-    let mut cmd: Vec<&[u8]> = vec![b"ACL", b"SETUSER"];
-    cmd.extend(args.iter().map(|a| a.as_bytes()));
-    let r = v.raw().call(&cmd);
-    assert!(r.is_ok(), "ACL SETUSER {args:?}: {r}");
-}
-
-/// `ACL SETUSER <name> on +@all ~*` for each name (no password: the directory decides).
-fn add_acl_users(v: &Valkey, names: &[&str]) {
-    for name in names {
-        acl_setuser(v, &[name, "on", "+@all", "~*"]);
-    }
-}
-
-/// `AUTH user pass` on a new connection; returns the reply and the connection.
-fn login(v: &Valkey, user: &str, pass: &str) -> (Reply, RawClient) {
-    let mut c = v.raw();
-    let r = c.auth(user.as_bytes(), pass.as_bytes());
-    (r, c)
-}
-
-fn whoami(c: &mut RawClient) -> String {
-    c.call(&[b"ACL", b"WHOAMI"])
-        .text()
-        .expect("ACL WHOAMI text")
+    Valkey::builder()
+        .module(bind_args(&slapd.url(), extra))
+        .start()
 }
 
 // ---- the basics ------------------------------------------------------------------------------
@@ -78,7 +31,7 @@ fn right_password_logs_in_as_the_acl_user() {
 
     let (r, mut c) = login(&v, "alice", ALICE.password);
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     assert_eq!(c.call(&[b"SET", b"k", b"v"]), ok(), "alice has +@all");
     assert_eq!(bind_dns(&slapd), [ALICE.dn]);
     assert_outcomes(&v, &[("allowed", 1)]);
@@ -93,7 +46,7 @@ fn wrong_password_is_wrongpass() {
     for bad in ["alice-pw-not", "ALICE-PW", "alice-pw ", "x"] {
         let (r, mut c) = login(&v, "alice", bad);
         assert_eq!(r, wrongpass(), "password {bad:?}");
-        assert_eq!(whoami(&mut c), "default", "still the default user");
+        assert_eq!(c.whoami(), "default", "still the default user");
     }
     assert_eq!(bind_dns(&slapd), [ALICE.dn; 4]);
     assert_outcomes(&v, &[("denied_bad_credentials", 4)]);
@@ -107,7 +60,7 @@ fn unknown_directory_user_with_an_acl_user_is_wrongpass() {
 
     let (r, mut c) = login(&v, "mallory", "any-password");
     assert_eq!(r, wrongpass());
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
     // The bind was tried; slapd answers 49 for a DN that does not exist, so bind mode cannot
     // tell an unknown user from a wrong password.
     assert_eq!(
@@ -127,7 +80,7 @@ fn no_acl_user_is_wrongpass_without_asking_the_directory() {
     // and HELLO AUTH are all refused before anything is sent to the directory.
     let (r, mut c) = login(&v, "carol", CAROL.password);
     assert_eq!(r, wrongpass());
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
     assert_eq!(login(&v, "carol", "wrong").0, wrongpass());
     assert_eq!(
         v.raw()
@@ -177,7 +130,7 @@ fn acl_user_deleted_while_the_directory_checks_is_wrongpass() {
     );
     slapd.thaw();
     assert_eq!(waiting.read(), wrongpass());
-    assert_eq!(whoami(&mut waiting), "default");
+    assert_eq!(waiting.whoami(), "default");
     assert_eq!(bind_dns(&slapd), [BOB.dn]);
     assert_eq!(
         slapd.wait_ops("mech=SIMPLE", 1, LOG_WAIT),
@@ -195,7 +148,7 @@ fn disabled_acl_user_is_wrongpass() {
 
     let (r, mut c) = login(&v, "bob", BOB.password);
     assert_eq!(r, wrongpass());
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
     assert_eq!(
         slapd.count_ops("mech=SIMPLE"),
         1,
@@ -207,7 +160,7 @@ fn disabled_acl_user_is_wrongpass() {
     acl_setuser(&v, &["bob", "on"]);
     let (r, mut c) = login(&v, "bob", BOB.password);
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "bob");
+    assert_eq!(c.whoami(), "bob");
 }
 
 #[test]
@@ -221,7 +174,7 @@ fn empty_password_is_refused_without_asking_the_directory() {
 
     let (r, mut c) = login(&v, "alice", "");
     assert_eq!(r, wrongpass());
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
 
     // A later login is the fence: once slapd has logged bob's bind, any bind for the empty
     // password (queued before bob's on the single worker) would have been logged too.
@@ -246,13 +199,13 @@ fn hello_auth_logs_in_with_resp3_and_resp2() {
     let hello = c3.hello3_auth(b"alice", ALICE.password.as_bytes());
     assert!(matches!(hello, Reply::Map(_)), "{hello:?}");
     assert_eq!(hello.get("proto"), Some(&Reply::Int(3)), "{hello:?}");
-    assert_eq!(whoami(&mut c3), "alice");
+    assert_eq!(c3.whoami(), "alice");
 
     let mut c2 = v.raw();
     let hello = c2.call(&[b"HELLO", b"2", b"AUTH", b"bob", BOB.password.as_bytes()]);
     assert!(matches!(hello, Reply::Array(_)), "{hello:?}");
     assert_eq!(hello.get("proto"), Some(&Reply::Int(2)), "{hello:?}");
-    assert_eq!(whoami(&mut c2), "bob");
+    assert_eq!(c2.whoami(), "bob");
 
     assert_outcomes(&v, &[("allowed", 2)]);
 }
@@ -291,10 +244,10 @@ fn exempt_default_user_uses_its_valkey_password() {
 
     let mut c = v.raw();
     assert_eq!(c.auth(b"default", b"localpw"), ok());
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
     let mut c = v.raw();
     assert_eq!(c.call(&[b"AUTH", b"localpw"]), ok(), "one-argument AUTH");
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
     let mut c = v.raw();
     assert_eq!(c.auth(b"default", b"wrong"), wrongpass());
 
@@ -313,18 +266,12 @@ fn users_added_to_exempt_users_use_their_valkey_password() {
     assert_eq!(login(&v, "bob", "bob-local").0, wrongpass());
     assert_eq!(slapd.count_ops("BIND"), 2);
 
-    let r = v.raw().call(&[
-        b"CONFIG",
-        b"SET",
-        b"valkeyauth.exempt_users",
-        b"default,bob",
-    ]);
-    assert!(r.is_ok(), "{r}");
+    config_set_ok(&v, "valkeyauth.exempt_users", "default,bob");
 
     // Exempt: the other way round, and the directory is not asked.
     let (r, mut c) = login(&v, "bob", "bob-local");
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "bob");
+    assert_eq!(c.whoami(), "bob");
     assert_eq!(login(&v, "bob", BOB.password).0, wrongpass());
     assert_eq!(slapd.count_ops("BIND"), 2, "no bind for an exempt user");
     assert_outcomes(
@@ -344,7 +291,7 @@ fn without_servers_auth_is_plain_valkey() {
 
     let (r, mut c) = login(&v, "alice", "localpw");
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     assert_eq!(login(&v, "alice", ALICE.password).0, wrongpass());
     assert_eq!(
         v.raw().hello3_auth(b"alice", b"localpw").get("proto"),
@@ -384,16 +331,12 @@ fn auth_inside_multi_is_refused_and_the_server_keeps_working() {
         binds,
         "no password went to the directory"
     );
-    assert_eq!(
-        whoami(&mut c),
-        "default",
-        "the AUTH in MULTI did not log in"
-    );
+    assert_eq!(c.whoami(), "default", "the AUTH in MULTI did not log in");
 
     // The same connection and others keep working.
     assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
     assert_eq!(c.auth(b"alice", ALICE.password.as_bytes()), ok());
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     assert_eq!(v.raw().call(&[b"PING"]), Reply::Simple("PONG".into()));
 }
 
@@ -451,7 +394,7 @@ fn many_concurrent_clients_all_get_the_right_answer() {
                     let got = c.auth(user.name.as_bytes(), pass.as_bytes());
                     assert_eq!(got, want, "thread {t} round {i} ({})", user.name);
                     if right {
-                        assert_eq!(whoami(&mut c), user.name);
+                        assert_eq!(c.whoami(), user.name);
                     }
                 }
             });
@@ -476,7 +419,7 @@ fn valkey_8_1_right_wrong_and_hello3() {
     let slapd = Slapd::start_default();
     let v = Valkey::builder()
         .version(Version::V8_1)
-        .module(bind_args(&slapd, &[]))
+        .module(bind_args(&slapd.url(), NO_ARGS))
         .start();
     let server = v.raw().call(&[b"INFO", b"server"]).text().unwrap();
     assert!(server.contains("valkey_version:8.1."), "{server}");
@@ -484,12 +427,12 @@ fn valkey_8_1_right_wrong_and_hello3() {
 
     let (r, mut c) = login(&v, "alice", ALICE.password);
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     assert_eq!(login(&v, "alice", "wrong").0, wrongpass());
     let mut c = v.raw();
     let hello = c.hello3_auth(b"alice", ALICE.password.as_bytes());
     assert_eq!(hello.get("proto"), Some(&Reply::Int(3)), "{hello:?}");
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     assert_eq!(v.raw().hello3_auth(b"alice", b"wrong"), wrongpass());
     assert_outcomes(&v, &[("allowed", 2), ("denied_bad_credentials", 2)]);
 }

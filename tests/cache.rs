@@ -9,15 +9,9 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
-const UNAVAILABLE: &str = "ERR valkeyauth: directory unavailable, try again later";
-const BIND_SUFFIX: &str = ",ou=people,dc=example,dc=test";
 /// A suffix under which no entry exists: every bind fails with invalid credentials.
 const BAD_SUFFIX: &str = ",ou=nowhere,dc=example,dc=test";
 
@@ -33,59 +27,28 @@ fn valkey(slapd: &Slapd, extra: &[&str]) -> Valkey {
 
 /// As [`valkey`], with extra valkey.conf lines.
 fn valkey_with(slapd: &Slapd, extra: &[&str], conf: &[&str]) -> Valkey {
-    let url = slapd.url();
     // The module's cache defaults, named so that the harness keeps the cache on.
-    let mut args = vec![
-        "cache_ttl_s",
-        "30",
-        "negative_cache_ttl_s",
-        "10",
-        "servers",
-        url.as_str(),
-        "bind_dn_suffix",
-        BIND_SUFFIX,
-        "connect_timeout_ms",
-        "1000",
-        "operation_timeout_ms",
-        "5000",
-    ];
-    args.extend_from_slice(extra);
+    let mut args = bind_args(
+        &slapd.url(),
+        &[
+            "cache_ttl_s",
+            "30",
+            "negative_cache_ttl_s",
+            "10",
+            "connect_timeout_ms",
+            "1000",
+            "operation_timeout_ms",
+            "5000",
+        ],
+    );
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut builder = Valkey::builder().module(args);
     for line in conf {
         builder = builder.config(*line);
     }
     let v = builder.start();
-    for user in ["alice", "bob", "carol"] {
-        acl_setuser(&v, &[user, "on", "+@all", "~*"]);
-    }
+    add_acl_users(&v, &["alice", "bob", "carol"]);
     v
-}
-
-fn acl_setuser(v: &Valkey, args: &[&str]) {
-    let mut cmd: Vec<&[u8]> = vec![b"ACL", b"SETUSER"];
-    cmd.extend(args.iter().map(|a| a.as_bytes()));
-    let r = v.raw().call(&cmd);
-    assert!(r.is_ok(), "ACL SETUSER {args:?}: {r}");
-}
-
-/// The numeric `valkeyauth_*` fields of `INFO valkeyauth`, without the prefix.
-fn counters(v: &Valkey) -> BTreeMap<String, u64> {
-    let text = v
-        .raw()
-        .call(&[b"INFO", b"valkeyauth"])
-        .text()
-        .expect("INFO valkeyauth text");
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("valkeyauth_"))
-        .filter_map(|l| l.split_once(':'))
-        .filter_map(|(k, v)| Some((k.to_owned(), v.trim().parse().ok()?)))
-        .collect()
-}
-
-fn info_field(v: &Valkey, field: &str) -> u64 {
-    let c = counters(v);
-    *c.get(field)
-        .unwrap_or_else(|| panic!("no valkeyauth_{field} in INFO valkeyauth: {c:?}"))
 }
 
 /// Polls INFO until `field >= want` (or 10 s); returns the last value.
@@ -145,27 +108,9 @@ fn assert_unavailable(v: &Valkey, user: &str, pass: &str, context: &str) {
 
 /// Replaces `userPassword` of `dn` in the directory, as the root DN.
 fn set_directory_password(slapd: &Slapd, dn: &str, password: &str) {
-    let ldif =
-        format!("dn: {dn}\nchangetype: modify\nreplace: userPassword\nuserPassword: {password}\n");
-    let mut child = Command::new("ldapmodify")
-        .args(["-x", "-H", &slapd.url(), "-D", ROOT_DN, "-w", ROOT_PW])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ldapmodify");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(ldif.as_bytes())
-        .expect("write LDIF to ldapmodify");
-    let out = child.wait_with_output().expect("wait for ldapmodify");
-    assert!(
-        out.status.success(),
-        "ldapmodify {dn}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    ldapmodify(
+        slapd,
+        &format!("dn: {dn}\nchangetype: modify\nreplace: userPassword\nuserPassword: {password}\n"),
     );
 }
 
@@ -619,6 +564,20 @@ fn the_outage_window_never_admits_a_password_the_directory_refused_since() {
 // Coalescing
 // --------------------------------------------------------------------------------------------
 
+/// [`valkey`] with one worker and timeouts long enough for AUTHs to wait on a frozen slapd.
+fn patient_valkey(slapd: &Slapd, extra: &[&str]) -> Valkey {
+    let mut args = vec![
+        "workers",
+        "1",
+        "operation_timeout_ms",
+        "15000",
+        "auth_timeout_ms",
+        "20000",
+    ];
+    args.extend_from_slice(extra);
+    valkey(slapd, &args)
+}
+
 /// Sends `n` identical AUTHs on `n` connections while slapd is frozen, waits until the module
 /// parked all but one behind the first, thaws, and returns the replies.
 fn concurrent_auths(v: &Valkey, slapd: &mut Slapd, n: usize, user: &str, pass: &str) -> Vec<Reply> {
@@ -636,17 +595,7 @@ fn concurrent_auths(v: &Valkey, slapd: &mut Slapd, n: usize, user: &str, pass: &
 fn identical_concurrent_auths_share_one_bind() {
     const N: usize = 20;
     let mut slapd = Slapd::start_default();
-    let v = valkey(
-        &slapd,
-        &[
-            "workers",
-            "1",
-            "operation_timeout_ms",
-            "15000",
-            "auth_timeout_ms",
-            "20000",
-        ],
-    );
+    let v = patient_valkey(&slapd, &[]);
 
     let replies = concurrent_auths(&v, &mut slapd, N, "alice", "alice-pw");
     for (i, r) in replies.iter().enumerate() {
@@ -680,17 +629,7 @@ fn identical_concurrent_auths_share_one_bind() {
 fn parked_auths_survive_clients_that_leave() {
     const N: usize = 10;
     let mut slapd = Slapd::start_default();
-    let v = valkey(
-        &slapd,
-        &[
-            "workers",
-            "1",
-            "operation_timeout_ms",
-            "15000",
-            "auth_timeout_ms",
-            "20000",
-        ],
-    );
+    let v = patient_valkey(&slapd, &[]);
     slapd.freeze();
     let mut clients: Vec<Option<RawClient>> = (0..N)
         .map(|_| Some(send_auth(&v, "alice", "alice-pw")))
@@ -761,29 +700,11 @@ fn a_config_change_that_may_change_answers_drops_the_cache() {
 #[test]
 fn an_answer_from_before_a_config_change_is_not_cached_after_it() {
     let mut slapd = Slapd::start_default();
-    let v = valkey(
-        &slapd,
-        &[
-            "workers",
-            "1",
-            "cache_ttl_s",
-            "60",
-            "operation_timeout_ms",
-            "15000",
-            "auth_timeout_ms",
-            "20000",
-        ],
-    );
+    let v = patient_valkey(&slapd, &["cache_ttl_s", "60"]);
     slapd.freeze();
     let mut in_flight = send_auth(&v, "alice", "alice-pw");
     assert_eq!(wait_field(&v, "cache_misses", 1), 1, "AUTH queued");
-    let r = v.raw().call(&[
-        b"CONFIG",
-        b"SET",
-        b"valkeyauth.bind_dn_suffix",
-        BAD_SUFFIX.as_bytes(),
-    ]);
-    assert!(r.is_ok(), "CONFIG SET bind_dn_suffix: {r}");
+    config_set_ok(&v, "valkeyauth.bind_dn_suffix", BAD_SUFFIX);
     slapd.thaw();
     let r = in_flight.read();
     assert!(r.is_ok(), "the AUTH sent before the change: {r}");
@@ -801,6 +722,33 @@ fn an_answer_from_before_a_config_change_is_not_cached_after_it() {
 // --------------------------------------------------------------------------------------------
 // The bound
 // --------------------------------------------------------------------------------------------
+
+/// Logs in user `name(i)` with `password(i)` for each `i` of `users`, as one pipeline on `c`;
+/// every AUTH must succeed.
+fn pipelined_logins(
+    c: &mut RawClient,
+    users: &[usize],
+    name: impl Fn(usize) -> String,
+    password: impl Fn(usize) -> String,
+) {
+    let mut buf = Vec::new();
+    for &i in users {
+        let (u, p) = (name(i), password(i));
+        buf.extend_from_slice(
+            format!(
+                "*3\r\n$4\r\nAUTH\r\n${}\r\n{u}\r\n${}\r\n{p}\r\n",
+                u.len(),
+                p.len()
+            )
+            .as_bytes(),
+        );
+    }
+    c.send_raw(&buf).expect("send AUTH pipeline");
+    for &i in users {
+        let r = c.read();
+        assert!(r.is_ok(), "AUTH {}: {r}", name(i));
+    }
+}
 
 #[test]
 fn the_cache_stays_within_its_bound() {
@@ -845,23 +793,7 @@ fn the_cache_stays_within_its_bound() {
             thread::spawn(move || {
                 let mut c = RawClient::connect(port);
                 let mine: Vec<usize> = (k..USERS).step_by(CONNECTIONS).collect();
-                let mut buf = Vec::new();
-                for &i in &mine {
-                    let (u, p) = (name(i), password(i));
-                    buf.extend_from_slice(
-                        format!(
-                            "*3\r\n$4\r\nAUTH\r\n${}\r\n{u}\r\n${}\r\n{p}\r\n",
-                            u.len(),
-                            p.len()
-                        )
-                        .as_bytes(),
-                    );
-                }
-                c.send_raw(&buf).expect("send AUTH pipeline");
-                for &i in &mine {
-                    let r = c.read();
-                    assert!(r.is_ok(), "AUTH {}: {r}", name(i));
-                }
+                pipelined_logins(&mut c, &mine, name, password);
             })
         })
         .collect();
@@ -887,24 +819,9 @@ fn the_cache_stays_within_its_bound() {
     // (one connection, so one after the other).
     let last = USERS - 1;
     assert_ok(&v, &name(last), &password(last), "the last user again");
+    let recent: Vec<usize> = (0..MAX as usize).collect();
     let mut c = v.raw();
-    let mut buf = Vec::new();
-    for i in 0..MAX as usize {
-        let (u, p) = (name(i), password(i));
-        buf.extend_from_slice(
-            format!(
-                "*3\r\n$4\r\nAUTH\r\n${}\r\n{u}\r\n${}\r\n{p}\r\n",
-                u.len(),
-                p.len()
-            )
-            .as_bytes(),
-        );
-    }
-    c.send_raw(&buf).expect("send AUTH pipeline");
-    for i in 0..MAX as usize {
-        let r = c.read();
-        assert!(r.is_ok(), "AUTH {}: {r}", name(i));
-    }
+    pipelined_logins(&mut c, &recent, name, password);
     let binds = user_binds(&slapd);
     assert_ok(
         &v,

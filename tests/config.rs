@@ -9,8 +9,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-const BIND_SUFFIX: &str = ",ou=people,dc=example,dc=test";
-
 // --------------------------------------------------------------------------------------------
 // Helpers
 // --------------------------------------------------------------------------------------------
@@ -65,25 +63,8 @@ fn password_file(dir: &Path, name: &str, contents: &str, mode: u32) -> String {
     path.to_str().expect("utf-8").to_owned()
 }
 
-fn acl_setuser(v: &Valkey, user: &str) {
-    let r = v
-        .raw()
-        .call(&[b"ACL", b"SETUSER", user.as_bytes(), b"on", b"+@all", b"~*"]);
-    assert!(r.is_ok(), "ACL SETUSER {user}: {r}");
-}
-
 fn auth(v: &Valkey, user: &FixtureUser) -> Reply {
     v.raw().auth(user.name.as_bytes(), user.password.as_bytes())
-}
-
-fn auth_ok(v: &Valkey, user: &FixtureUser, context: &str) {
-    let r = auth(v, user);
-    assert!(
-        r.is_ok(),
-        "{context}: AUTH {}: {r}\nlog:\n{}",
-        user.name,
-        v.log()
-    );
 }
 
 /// Polls until `pid` has `want` worker threads (at most 10 s); returns the last count.
@@ -572,7 +553,7 @@ fn valkey_conf_lines_are_loaded() {
     assert_eq!(info_field(&v, "workers"), 3);
     assert_eq!(info_field(&v, "max_pending"), 42);
     assert_eq!(wait_worker_threads(v.pid(), 3), 3);
-    acl_setuser(&v, "alice");
+    add_acl_users(&v, &["alice"]);
     auth_ok(&v, &ALICE, "configured from valkey.conf");
 }
 
@@ -597,7 +578,7 @@ fn module_arguments_and_conf_lines_combine() {
     assert_eq!(config_get(&mut c, "max_pending"), "9");
     assert_eq!(info_field(&v, "workers"), 2);
     assert_eq!(info_field(&v, "max_pending"), 9);
-    acl_setuser(&v, "alice");
+    add_acl_users(&v, &["alice"]);
     auth_ok(&v, &ALICE, "module arguments and conf lines");
 }
 
@@ -697,7 +678,7 @@ fn config_rewrite_round_trips() {
     let slapd = Slapd::start_default();
     let slapd2 = Slapd::start_default();
     let mut v = Valkey::builder().module([] as [&str; 0]).start();
-    acl_setuser(&v, "alice");
+    add_acl_users(&v, &["alice"]);
     let servers = format!("{} , {}", slapd.url(), slapd2.url());
     let values: Vec<(&str, String)> = vec![
         ("servers", servers),
@@ -799,8 +780,7 @@ fn a_change_applies_to_the_next_auth() {
             ",ou=nowhere,dc=example,dc=test",
         ])
         .start();
-    acl_setuser(&v, "alice");
-    acl_setuser(&v, "bob");
+    add_acl_users(&v, &["alice", "bob"]);
     let mut c = v.raw();
 
     // Wrong suffix: no such entry.
@@ -867,20 +847,11 @@ fn the_service_password_never_shows() {
         0o600,
     );
     let mut v = Valkey::builder()
-        .module([
-            "servers",
-            &slapd.url(),
-            "auth_mode",
-            "search+bind",
-            "search_base",
-            SUFFIX,
-            "search_bind_dn",
-            SEARCHER.dn,
-        ])
+        .module(search_args(&slapd.url(), &["search_bind_dn", SEARCHER.dn]))
         .config("loglevel debug")
         .config("slowlog-log-slower-than 0")
         .start();
-    acl_setuser(&v, "alice");
+    add_acl_users(&v, &["alice"]);
     let mut c = v.raw();
     set_ok(&mut c, "search_bind_passwd_file", &pw_file);
     auth_ok(&v, &ALICE, "search+bind with the service account");

@@ -42,34 +42,26 @@ fn check(v: &Valkey, case: &str, user: &str, pass: &str, expect: Expect) {
     }
 }
 
-fn acl_setuser(v: &Valkey, user: &str, rules: &[&str]) {
-    let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER", user.as_bytes()];
-    args.extend(rules.iter().map(|r| r.as_bytes()));
-    let r = v.raw().call(&args);
-    assert!(r.is_ok(), "ACL SETUSER {user} {rules:?}: {r}");
-}
-
 /// A slapd and a Valkey whose module uses it with `policy`; alice has the local password.
 fn setup(policy: &str) -> (Slapd, Valkey) {
     let slapd = Slapd::start_default();
     let v = Valkey::builder()
-        .module([
-            "servers",
+        .module(bind_args(
             &slapd.url(),
-            "bind_dn_suffix",
-            ",ou=people,dc=example,dc=test",
-            "local_fallback",
-            policy,
-            "connect_timeout_ms",
-            "500",
-            "operation_timeout_ms",
-            "1000",
-            // A restarted directory is used again once the health checker has seen it.
-            "health_check_interval_ms",
-            "100",
-        ])
+            &[
+                "local_fallback",
+                policy,
+                "connect_timeout_ms",
+                "500",
+                "operation_timeout_ms",
+                "1000",
+                // A restarted directory is used again once the health checker has seen it.
+                "health_check_interval_ms",
+                "100",
+            ],
+        ))
         .start();
-    acl_setuser(&v, "alice", &["on", ">localpw", "+@all", "~*"]);
+    acl_setuser(&v, &["alice", "on", ">localpw", "+@all", "~*"]);
     (slapd, v)
 }
 
@@ -140,12 +132,7 @@ fn never_the_directory_alone_decides() {
 fn never_is_the_default() {
     let mut slapd = Slapd::start_default();
     let v = Valkey::builder()
-        .module([
-            "servers",
-            &slapd.url(),
-            "bind_dn_suffix",
-            ",ou=people,dc=example,dc=test",
-        ])
+        .module(bind_args(&slapd.url(), NO_ARGS))
         .start();
     let got = v
         .raw()
@@ -156,7 +143,7 @@ fn never_is_the_default() {
             .as_deref(),
         Some("never")
     );
-    acl_setuser(&v, "alice", &["on", ">localpw", "+@all", "~*"]);
+    acl_setuser(&v, &["alice", "on", ">localpw", "+@all", "~*"]);
     check(&v, "default (b)", "alice", LOCAL_PW, Expect::WrongPass);
     slapd.stop();
     check(&v, "default (d)", "alice", LOCAL_PW, Expect::Unavailable);
@@ -190,25 +177,13 @@ fn fallback_is_counted_in_info() {
 fn a_policy_change_applies_to_the_next_auth() {
     let (mut slapd, v) = setup("never");
     check(&v, "never, up", "alice", LOCAL_PW, Expect::WrongPass);
-    let r = v
-        .raw()
-        .call(&[b"CONFIG", b"SET", b"valkeyauth.local_fallback", b"always"]);
-    assert!(r.is_ok(), "{r}");
+    config_set_ok(&v, "valkeyauth.local_fallback", "always");
     check(&v, "always, up", "alice", LOCAL_PW, Expect::Ok);
-    let r = v.raw().call(&[
-        b"CONFIG",
-        b"SET",
-        b"valkeyauth.local_fallback",
-        b"unavailable",
-    ]);
-    assert!(r.is_ok(), "{r}");
+    config_set_ok(&v, "valkeyauth.local_fallback", "unavailable");
     check(&v, "unavailable, up", "alice", LOCAL_PW, Expect::WrongPass);
     slapd.stop();
     check(&v, "unavailable, down", "alice", LOCAL_PW, Expect::Ok);
-    let r = v
-        .raw()
-        .call(&[b"CONFIG", b"SET", b"valkeyauth.local_fallback", b"never"]);
-    assert!(r.is_ok(), "{r}");
+    config_set_ok(&v, "valkeyauth.local_fallback", "never");
     check(&v, "never, down", "alice", LOCAL_PW, Expect::Unavailable);
 }
 
@@ -217,9 +192,9 @@ fn a_policy_change_applies_to_the_next_auth() {
 #[test]
 fn never_a_nopass_user_cannot_log_in_with_any_password() {
     let (mut slapd, v) = setup("never");
-    acl_setuser(&v, "bob", &["on", "nopass", "+@all", "~*"]);
+    acl_setuser(&v, &["bob", "on", "nopass", "+@all", "~*"]);
     // Also a nopass user who is not in the directory at all.
-    acl_setuser(&v, "mallory", &["on", "nopass", "+@all", "~*"]);
+    acl_setuser(&v, &["mallory", "on", "nopass", "+@all", "~*"]);
     let tries = ["anything", "wrong-pw", "x", "nopass", LOCAL_PW];
     for pass in tries {
         check(&v, "nopass bob, up", "bob", pass, Expect::WrongPass);

@@ -52,24 +52,6 @@ in_both_modes!(
 
 // ---- helpers --------------------------------------------------------------------------------
 
-fn ok() -> Reply {
-    Reply::Simple("OK".into())
-}
-
-fn wrongpass() -> Reply {
-    Reply::Error(WRONGPASS.into())
-}
-
-fn module_args(slapd: &Slapd, mode: Mode) -> Vec<String> {
-    let mut args = vec!["servers".to_owned(), slapd.url()];
-    let rest: &[&str] = match mode {
-        Mode::Bind => &["bind_dn_suffix", ",ou=people,dc=example,dc=test"],
-        Mode::SearchBind => &["auth_mode", "search+bind", "search_base", SUFFIX],
-    };
-    args.extend(rest.iter().map(|s| s.to_string()));
-    args
-}
-
 /// Valkey 9.1 with the module in `mode` against `slapd`, and one worker so that the directory
 /// sees requests in the order they were sent.
 fn start_valkey(slapd: &Slapd, mode: Mode) -> Valkey {
@@ -77,40 +59,16 @@ fn start_valkey(slapd: &Slapd, mode: Mode) -> Valkey {
 }
 
 fn start_version(slapd: &Slapd, mode: Mode, version: Version) -> Valkey {
-    let mut args = module_args(slapd, mode);
-    args.extend(["workers".to_owned(), "1".to_owned()]);
+    let extra = ["workers", "1"];
+    let args = match mode {
+        Mode::Bind => bind_args(&slapd.url(), &extra),
+        Mode::SearchBind => search_args(&slapd.url(), &extra),
+    };
     Valkey::builder()
         .version(version)
         .module(args)
         .config("loglevel debug")
         .start()
-}
-
-/// `ACL SETUSER <name> on +@all ~*` for each name, as exact bytes.
-fn add_acl_users<N: AsRef<[u8]>>(v: &Valkey, names: &[N]) {
-    let mut admin = v.raw();
-    for name in names {
-        let name = name.as_ref();
-        let r = admin.call(&[b"ACL", b"SETUSER", name, b"on", b"+@all", b"~*"]);
-        assert!(
-            r.is_ok(),
-            "ACL SETUSER {:?}: {r}",
-            String::from_utf8_lossy(name)
-        );
-    }
-}
-
-/// `AUTH user pass` with exact bytes on a new connection.
-fn login(v: &Valkey, user: impl AsRef<[u8]>, pass: impl AsRef<[u8]>) -> (Reply, RawClient) {
-    let mut c = v.raw();
-    let r = c.auth(user.as_ref(), pass.as_ref());
-    (r, c)
-}
-
-fn whoami(c: &mut RawClient) -> String {
-    c.call(&[b"ACL", b"WHOAMI"])
-        .text()
-        .expect("ACL WHOAMI text")
 }
 
 /// The counter of a wrong password for a user the directory knows nothing about: bind mode
@@ -207,10 +165,10 @@ fn escaped_usernames_log_in_as_their_own_entry(mode: Mode) {
         let (r, mut c) = login(&v, u.name, u.password);
         if u == SPACES {
             assert_eq!(r, wrongpass(), "{:?}: no ACL user", u.name);
-            assert_eq!(whoami(&mut c), "default");
+            assert_eq!(c.whoami(), "default");
         } else {
             assert_eq!(r, ok(), "{:?} with its password", u.name);
-            assert_eq!(whoami(&mut c), u.name);
+            assert_eq!(c.whoami(), u.name);
         }
         assert_eq!(login(&v, u.name, "wrong-pw").0, wrongpass(), "{:?}", u.name);
 
@@ -275,7 +233,7 @@ fn crafted_usernames_never_match_another_entry(mode: Mode) {
         for u in [ALICE, STAR, PARENS] {
             let (r, mut c) = login(&v, name, u.password);
             assert_eq!(r, wrongpass(), "{name:?} with {}'s password", u.name);
-            assert_eq!(whoami(&mut c), "default");
+            assert_eq!(c.whoami(), "default");
         }
     }
     let real: Vec<&str> = [ALICE, STAR, PARENS].iter().map(|u| u.dn).collect();
@@ -298,11 +256,11 @@ fn non_ascii_username_logs_in(mode: Mode) {
 
     let (r, mut c) = login(&v, ZOE.name, ZOE.password);
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "zoë");
+    assert_eq!(c.whoami(), "zoë");
     let mut c = v.raw();
     let hello = c.hello3_auth(ZOE.name.as_bytes(), ZOE.password.as_bytes());
     assert_eq!(hello.get("proto"), Some(&Reply::Int(3)), "{hello:?}");
-    assert_eq!(whoami(&mut c), "zoë");
+    assert_eq!(c.whoami(), "zoë");
     assert_eq!(login(&v, ZOE.name, "wrong").0, wrongpass());
     // The name's Latin-1 bytes are not UTF-8: refused before the directory.
     assert_eq!(login(&v, latin1(ZOE.name), ZOE.password).0, wrongpass());
@@ -330,10 +288,10 @@ fn password_bytes_are_passed_exactly(mode: Mode) {
 
     let (r, mut c) = login(&v, UTF8.name, UTF8.password);
     assert_eq!(r, ok(), "UTF-8 password");
-    assert_eq!(whoami(&mut c), UTF8.name);
+    assert_eq!(c.whoami(), UTF8.name);
     let (r, mut c) = login(&v, NUL.name, b"abc");
     assert_eq!(r, ok(), "abc");
-    assert_eq!(whoami(&mut c), NUL.name);
+    assert_eq!(c.whoami(), NUL.name);
 
     let wrong: [(&str, Vec<u8>); 6] = [
         (UTF8.name, latin1(UTF8.password)),
@@ -346,7 +304,7 @@ fn password_bytes_are_passed_exactly(mode: Mode) {
     for (user, pass) in &wrong {
         let (r, mut c) = login(&v, user, pass);
         assert_eq!(r, wrongpass(), "{user} with {pass:?}");
-        assert_eq!(whoami(&mut c), "default");
+        assert_eq!(c.whoami(), "default");
     }
     assert_outcomes(
         &v,
@@ -384,7 +342,7 @@ fn invalid_usernames_never_reach_the_directory(mode: Mode) {
         for pass in [ALICE.password.as_bytes(), b"any-password"] {
             let (r, mut c) = login(&v, &name, pass);
             assert_eq!(r, wrongpass(), "{what}");
-            assert_eq!(whoami(&mut c), "default");
+            assert_eq!(c.whoami(), "default");
             n += 1;
         }
         let mut c = v.raw();
@@ -417,7 +375,7 @@ fn username_of_512_bytes_reaches_the_directory(mode: Mode) {
     for name in [&ascii, &utf8] {
         let (r, mut c) = login(&v, name, "wrong");
         assert_eq!(r, wrongpass(), "{} bytes", name.len());
-        assert_eq!(whoami(&mut c), "default");
+        assert_eq!(c.whoami(), "default");
     }
     match mode {
         Mode::Bind => assert_eq!(
@@ -489,7 +447,7 @@ fn hostile_input_neither_crashes_nor_leaks(mode: Mode) {
         for pass in &passwords {
             let (r, mut c) = login(&v, user, pass);
             assert_eq!(r, wrongpass(), "{:?}", String::from_utf8_lossy(user));
-            assert_eq!(whoami(&mut c), "default");
+            assert_eq!(c.whoami(), "default");
         }
     }
     // Binary garbage as a username is not UTF-8: refused before the directory.
@@ -536,7 +494,7 @@ fn one_megabyte_password_is_a_wrong_password_not_an_outage(mode: Mode) {
     // accepts far less from an anonymous connection than from an authenticated one).
     assert_eq!(login(&v, ALICE.name, "wrong").0, wrongpass());
     let (big_reply, mut c) = login(&v, ALICE.name, &big);
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
 
     // Whatever the reply: no crash, no leak, and the next logins work.
     assert!(v.is_running(), "valkey-server died: {:?}", v.exit_status());
@@ -578,7 +536,7 @@ fn valkey_8_1_escaping_and_invalid_usernames(mode: Mode) {
     for u in [COMMA, PARENS] {
         let (r, mut c) = login(&v, u.name, u.password);
         assert_eq!(r, ok(), "{}", u.name);
-        assert_eq!(whoami(&mut c), u.name);
+        assert_eq!(c.whoami(), u.name);
     }
     assert_eq!(login(&v, "alic*", ALICE.password).0, wrongpass());
     assert_eq!(login(&v, "", ALICE.password).0, wrongpass());

@@ -8,8 +8,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-const BIND_SUFFIX: &str = ",ou=people,dc=example,dc=test";
-
 // --------------------------------------------------------------------------------------------
 // Helpers
 // --------------------------------------------------------------------------------------------
@@ -40,13 +38,6 @@ fn module_load(c: &mut RawClient, servers: &str, extra: &[&str]) -> Reply {
 
 fn module_unload(c: &mut RawClient) -> Reply {
     c.call(&[b"MODULE", b"UNLOAD", b"valkeyauth"])
-}
-
-fn acl_setuser(v: &Valkey, user: &str) {
-    let r = v
-        .raw()
-        .call(&[b"ACL", b"SETUSER", user.as_bytes(), b"on", b"+@all", b"~*"]);
-    assert!(r.is_ok(), "ACL SETUSER {user}: {r}");
 }
 
 fn auth(v: &Valkey, user: &str, pass: &str) -> Reply {
@@ -85,7 +76,7 @@ fn twenty_unload_load_cycles_leak_no_workers() {
     const WORKERS: usize = 4;
     let slapd = Slapd::start_default();
     let v = Valkey::builder().start();
-    acl_setuser(&v, "alice");
+    add_acl_users(&v, &["alice"]);
     let pid = v.pid();
     let baseline = thread_names(pid).len();
     let mut c = v.raw();
@@ -187,9 +178,9 @@ fn valkey_8_1_smoke() {
     let slapd = Slapd::start_default();
     let v = Valkey::builder()
         .version(Version::V8_1)
-        .module(["servers", &slapd.url(), "bind_dn_suffix", BIND_SUFFIX])
+        .module(bind_args(&slapd.url(), NO_ARGS))
         .start();
-    acl_setuser(&v, "alice");
+    add_acl_users(&v, &["alice"]);
     let mut c = v.raw();
     let hello = c.call(&[b"HELLO", b"3"]);
     let version = hello
@@ -236,16 +227,9 @@ fn valkey_8_1_smoke() {
 fn unload_is_refused_while_a_client_waits_on_the_directory() {
     let mut slapd = Slapd::start_default();
     let v = Valkey::builder()
-        .module([
-            "servers",
-            &slapd.url(),
-            "bind_dn_suffix",
-            BIND_SUFFIX,
-            "operation_timeout_ms",
-            "1500",
-        ])
+        .module(bind_args(&slapd.url(), &["operation_timeout_ms", "1500"]))
         .start();
-    acl_setuser(&v, "alice");
+    add_acl_users(&v, &["alice"]);
     let pid = v.pid();
     let mut c = v.raw();
     let blocked = |c: &mut RawClient| -> u64 {
@@ -320,16 +304,9 @@ fn unload_is_refused_while_a_client_waits_on_the_directory() {
 fn shutdown_while_a_client_waits_on_the_directory_is_prompt() {
     let mut slapd = Slapd::start_default();
     let mut v = Valkey::builder()
-        .module([
-            "servers",
-            &slapd.url(),
-            "bind_dn_suffix",
-            BIND_SUFFIX,
-            "operation_timeout_ms",
-            "3000",
-        ])
+        .module(bind_args(&slapd.url(), &["operation_timeout_ms", "3000"]))
         .start();
-    acl_setuser(&v, "alice");
+    add_acl_users(&v, &["alice"]);
     slapd.freeze();
     let mut waiting = v.raw();
     waiting

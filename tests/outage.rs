@@ -25,26 +25,20 @@ const PING_BOUND: Duration = Duration::from_millis(100);
 fn valkey(servers: &str, extra: &[&str]) -> Valkey {
     let (connect, operation) = (CONNECT_MS.to_string(), OPERATION_MS.to_string());
     let health = HEALTH_MS.to_string();
-    let mut args = vec![
-        "servers",
+    let mut args = bind_args(
         servers,
-        "bind_dn_suffix",
-        ",ou=people,dc=example,dc=test",
-        "connect_timeout_ms",
-        &connect,
-        "operation_timeout_ms",
-        &operation,
-        "health_check_interval_ms",
-        &health,
-    ];
-    args.extend_from_slice(extra);
+        &[
+            "connect_timeout_ms",
+            &connect,
+            "operation_timeout_ms",
+            &operation,
+            "health_check_interval_ms",
+            &health,
+        ],
+    );
+    args.extend(extra.iter().map(|a| a.to_string()));
     let v = Valkey::builder().module(args).start();
-    for user in ["alice", "bob"] {
-        let r = v
-            .raw()
-            .call(&[b"ACL", b"SETUSER", user.as_bytes(), b"on", b"+@all", b"~*"]);
-        assert!(r.is_ok(), "ACL SETUSER {user}: {r}");
-    }
+    add_acl_users(&v, &["alice", "bob"]);
     v
 }
 
@@ -105,16 +99,6 @@ fn ping_while_pending(pinger: &mut RawClient, auth: &mut PendingAuth) -> Duratio
         slowest = slowest.max(ping_time(pinger));
     }
     slowest
-}
-
-fn auth_ok(v: &Valkey, user: &FixtureUser, context: &str) {
-    let r = v.raw().auth(user.name.as_bytes(), user.password.as_bytes());
-    assert!(
-        r.is_ok(),
-        "{context}: AUTH {}: {r}\nlog:\n{}",
-        user.name,
-        v.log()
-    );
 }
 
 fn assert_unavailable(reply: &Reply, took: Duration, bound: Duration, context: &str) {
@@ -416,21 +400,17 @@ fn search_bind_mode_survives_freeze_and_restart() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let v = valkey(
-        &slapd.url(),
-        &[
-            "workers",
-            "1",
-            "auth_mode",
-            "search+bind",
-            "search_base",
-            SUFFIX,
-            "search_bind_dn",
-            SEARCHER.dn,
-            "search_bind_passwd_file",
-            pw_file.to_str().unwrap(),
-        ],
-    );
+    let mut extra = vec![
+        "workers",
+        "1",
+        "auth_mode",
+        "search+bind",
+        "search_base",
+        SUFFIX,
+    ];
+    let service = service_args(&pw_file);
+    extra.extend(service.iter().map(String::as_str));
+    let v = valkey(&slapd.url(), &extra);
     auth_ok(&v, &ALICE, "search+bind, up");
 
     slapd.stop();

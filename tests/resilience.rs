@@ -18,7 +18,6 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const PEOPLE_SUFFIX: &str = ",ou=people,dc=example,dc=test";
 const CONNECT_MS: u64 = 300;
 const OPERATION_MS: u64 = 500;
 const AUTH_MS: u64 = 2000;
@@ -35,64 +34,43 @@ const FAIL_BACK_BOUND: Duration = Duration::from_secs(2);
 
 /// Module arguments: `servers`, bind mode under ou=people, the small timeouts, then `extra`.
 fn module_args(servers: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "servers",
+    let mut args = bind_args(
         servers,
-        "bind_dn_suffix",
-        PEOPLE_SUFFIX,
-        "connect_timeout_ms",
-        &CONNECT_MS.to_string(),
-        "operation_timeout_ms",
-        &OPERATION_MS.to_string(),
-        "auth_timeout_ms",
-        &AUTH_MS.to_string(),
-        "health_check_interval_ms",
-        &HEALTH_MS.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &[
+            "connect_timeout_ms",
+            &CONNECT_MS.to_string(),
+            "operation_timeout_ms",
+            &OPERATION_MS.to_string(),
+            "auth_timeout_ms",
+            &AUTH_MS.to_string(),
+            "health_check_interval_ms",
+            &HEALTH_MS.to_string(),
+        ],
+    );
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
 
-/// Valkey with the module (see [`module_args`]) and the ACL users alice, bob, carol and mallory
-/// (mallory is not in the directory).
+/// The ACL users of [`start_valkey`] (mallory is not in the directory).
+const ACL_USERS: [&str; 4] = ["alice", "bob", "carol", "mallory"];
+
+/// Valkey with the module (see [`module_args`]) and the [`ACL_USERS`].
 fn start_valkey(servers: &str, extra: &[&str]) -> Valkey {
     let v = Valkey::builder()
         .module(module_args(servers, extra))
         .start();
-    add_acl_users(&v);
+    add_acl_users(&v, &ACL_USERS);
     v
-}
-
-/// `ACL SETUSER <name> on +@all ~*` for alice, bob, carol and mallory.
-fn add_acl_users(v: &Valkey) {
-    let mut admin = v.raw();
-    for user in ["alice", "bob", "carol", "mallory"] {
-        let r = admin.call(&[b"ACL", b"SETUSER", user.as_bytes(), b"on", b"+@all", b"~*"]);
-        assert!(r.is_ok(), "ACL SETUSER {user}: {r}");
-    }
 }
 
 /// Search+bind module arguments for `servers` with [`SEARCHER`] as the service account.
 fn search_bind_args(servers: &str, pw_file: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = module_args(servers, &[]);
-    args.extend(
-        [
-            "auth_mode",
-            "search+bind",
-            "search_base",
-            SUFFIX,
-            "search_bind_dn",
-            SEARCHER.dn,
-            "search_bind_passwd_file",
-            pw_file,
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string()),
+    let mut args = module_args(
+        servers,
+        &["auth_mode", "search+bind", "search_base", SUFFIX],
     );
+    args.extend(service_args(pw_file));
+    args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
 
@@ -1170,13 +1148,7 @@ fn bursts_of_200_auths_after_load_and_after_a_config_change() {
     eprintln!("{N} concurrent AUTHs right after load: {:?}", t.elapsed());
 
     // Right after a change of a connection setting: every worker reconnects.
-    let r = v.raw().call(&[
-        b"CONFIG",
-        b"SET",
-        b"valkeyauth.operation_timeout_ms",
-        b"600",
-    ]);
-    assert!(r.is_ok(), "{r}");
+    config_set_ok(&v, "valkeyauth.operation_timeout_ms", "600");
     let t = Instant::now();
     check(burst(&v, N, &items), "right after CONFIG SET");
     eprintln!(
@@ -1298,7 +1270,7 @@ fn config_set_and_auth_on_a_frozen_server_never_stall_the_main_thread() {
         .config("slowlog-log-slower-than 0")
         .config("slowlog-max-len 100000")
         .start();
-    add_acl_users(&v);
+    add_acl_users(&v, &ACL_USERS);
     let (r, _) = timed_auth(&mut v.raw(), &ALICE, true);
     assert!(r.is_ok(), "{r}");
     frozen.freeze();

@@ -13,39 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const NO_ARGS: &[&str] = &[];
-
 // ---- helpers --------------------------------------------------------------------------------
-
-fn ok() -> Reply {
-    Reply::Simple("OK".into())
-}
-
-fn wrongpass() -> Reply {
-    Reply::Error(WRONGPASS.into())
-}
-
-fn unavailable() -> Reply {
-    Reply::Error(UNAVAILABLE.into())
-}
-
-/// Module arguments for search+bind from [`SUFFIX`] against `slapd`, then `extra`.
-fn search_args<S: AsRef<str>>(slapd: &Slapd, extra: &[S]) -> Vec<String> {
-    let mut args = vec![
-        "servers".to_owned(),
-        slapd.url(),
-        "auth_mode".to_owned(),
-        "search+bind".to_owned(),
-        "search_base".to_owned(),
-        SUFFIX.to_owned(),
-    ];
-    args.extend(extra.iter().map(|s| s.as_ref().to_owned()));
-    args
-}
 
 /// Valkey 9.1 with the module in search+bind mode against `slapd`.
 fn start_valkey<S: AsRef<str>>(slapd: &Slapd, extra: &[S]) -> Valkey {
-    Valkey::builder().module(search_args(slapd, extra)).start()
+    Valkey::builder()
+        .module(search_args(&slapd.url(), extra))
+        .start()
 }
 
 /// A mode-0600 file holding `password` and a trailing newline, as an editor would write it.
@@ -56,50 +30,11 @@ fn password_file(dir: &TempDir, password: &str) -> PathBuf {
     path
 }
 
-/// Module arguments that make the module search as [`SEARCHER`] with the password in `file`.
-fn service_args(file: &Path) -> Vec<String> {
-    vec![
-        "search_bind_dn".to_owned(),
-        SEARCHER.dn.to_owned(),
-        "search_bind_passwd_file".to_owned(),
-        file.to_str().expect("utf-8 path").to_owned(),
-    ]
-}
-
 /// [`service_args`] with one worker, so that requests and connections come in a known order.
 fn service_args_one_worker(file: &Path) -> Vec<String> {
     let mut args = service_args(file);
     args.extend(["workers".to_owned(), "1".to_owned()]);
     args
-}
-
-/// `ACL SETUSER <name> on +@all ~*` for each name (no password: the directory decides).
-fn add_acl_users(v: &Valkey, names: &[&str]) {
-    let mut admin = v.raw();
-    for name in names {
-        let r = admin.call(&[b"ACL", b"SETUSER", name.as_bytes(), b"on", b"+@all", b"~*"]);
-        assert!(r.is_ok(), "ACL SETUSER {name}: {r}");
-    }
-}
-
-/// `AUTH user pass` on a new connection; returns the reply and the connection.
-fn login(v: &Valkey, user: &str, pass: &str) -> (Reply, RawClient) {
-    let mut c = v.raw();
-    let r = c.auth(user.as_bytes(), pass.as_bytes());
-    (r, c)
-}
-
-fn whoami(c: &mut RawClient) -> String {
-    c.call(&[b"ACL", b"WHOAMI"])
-        .text()
-        .expect("ACL WHOAMI text")
-}
-
-fn config_set(v: &Valkey, name: &str, value: &str) {
-    let r = v
-        .raw()
-        .call(&[b"CONFIG", b"SET", name.as_bytes(), value.as_bytes()]);
-    assert!(r.is_ok(), "CONFIG SET {name} {value}: {r}");
 }
 
 /// `ldapsearch` from [`SUFFIX`] for `filter`, anonymously or as `(dn, password)`: the exit code
@@ -144,10 +79,10 @@ fn anonymous_search_finds_the_user_by_uid() {
 
     let (r, mut c) = login(&v, "alice", ALICE.password);
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     let (r, mut c) = login(&v, "alice", "wrong");
     assert_eq!(r, wrongpass());
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
 
     assert_eq!(
         search_filters(&slapd),
@@ -181,7 +116,7 @@ fn the_bind_dn_comes_from_the_entry_not_from_the_username() {
 
     let (r, mut c) = login(&v, "djones", "dave-pw");
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "djones");
+    assert_eq!(c.whoami(), "djones");
     assert_eq!(bind_dns(&slapd), [dave_dn]);
     assert_outcomes(&v, &[("allowed", 1)]);
 }
@@ -194,7 +129,7 @@ fn unknown_uid_is_denied_without_a_user_bind() {
 
     let (r, mut c) = login(&v, "mallory", "any-password");
     assert_eq!(r, wrongpass());
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
     assert_eq!(search_filters(&slapd), ["(&(objectClass=*)(uid=mallory))"]);
     assert_eq!(slapd.count_ops("BIND"), 0, "nothing to bind as");
     assert_outcomes(&v, &[("denied_unknown_user", 1)]);
@@ -216,7 +151,7 @@ fn no_acl_user_is_refused_before_the_search() {
     ] {
         let (r, mut c) = login(&v, user, pass);
         assert_eq!(r, wrongpass(), "{user}");
-        assert_eq!(whoami(&mut c), "default");
+        assert_eq!(c.whoami(), "default");
     }
     assert_eq!(
         slapd.count_ops("ACCEPT"),
@@ -259,7 +194,7 @@ fn service_account_searches_where_anonymous_cannot() {
     add_acl_users(&anonymous, &["alice"]);
     let (r, mut c) = login(&anonymous, "alice", ALICE.password);
     assert_eq!(r, unavailable());
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
     assert_eq!(login(&anonymous, "alice", "wrong").0, unavailable());
     assert_eq!(slapd.count_ops("BIND"), binds_before, "no user bind");
     assert_outcomes(&anonymous, &[("outage_directory_error", 2)]);
@@ -271,7 +206,7 @@ fn service_account_searches_where_anonymous_cannot() {
     add_acl_users(&service, &["alice"]);
     let (r, mut c) = login(&service, "alice", ALICE.password);
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     assert_eq!(login(&service, "alice", "wrong").0, wrongpass());
     assert_eq!(
         bind_dns(&slapd)[binds_before..],
@@ -295,7 +230,7 @@ fn wrong_service_password_is_an_outage_for_every_user() {
     ] {
         let (r, mut c) = login(&v, user, pass);
         assert_eq!(r, unavailable(), "{user}");
-        assert_eq!(whoami(&mut c), "default");
+        assert_eq!(c.whoami(), "default");
     }
     // Only the service account ever bound, and no search ran.
     let dns = bind_dns(&slapd);
@@ -321,7 +256,7 @@ fn two_entries_with_the_same_uid_are_ambiguous() {
     for pass in [TWIN_PEOPLE.password, TWIN_STAFF.password] {
         let (r, mut c) = login(&v, "twin", pass);
         assert_eq!(r, wrongpass());
-        assert_eq!(whoami(&mut c), "default");
+        assert_eq!(c.whoami(), "default");
     }
     assert_eq!(search_filters(&slapd).len(), 2);
     assert!(
@@ -332,10 +267,10 @@ fn two_entries_with_the_same_uid_are_ambiguous() {
     assert_outcomes(&v, &[("denied_ambiguous_user", 2)]);
 
     // Searching only ou=people finds one twin, whose password then works.
-    config_set(&v, "valkeyauth.search_base", PEOPLE);
+    config_set_ok(&v, "valkeyauth.search_base", PEOPLE);
     let (r, mut c) = login(&v, "twin", TWIN_PEOPLE.password);
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "twin");
+    assert_eq!(c.whoami(), "twin");
     assert_eq!(login(&v, "twin", TWIN_STAFF.password).0, wrongpass());
     assert_eq!(bind_dns(&slapd), [TWIN_PEOPLE.dn; 2]);
 }
@@ -348,17 +283,17 @@ fn search_filter_restricts_which_entries_count() {
 
     let (r, mut c) = login(&v, "alice", ALICE.password);
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     assert_eq!(
         search_filters(&slapd),
         ["(&(objectClass=inetOrgPerson)(uid=alice))"]
     );
 
     // A filter that no person matches: alice is not found, whatever her password.
-    config_set(&v, "valkeyauth.search_filter", "(objectClass=groupOfNames)");
+    config_set_ok(&v, "valkeyauth.search_filter", "(objectClass=groupOfNames)");
     let (r, mut c) = login(&v, "alice", ALICE.password);
     assert_eq!(r, wrongpass());
-    assert_eq!(whoami(&mut c), "default");
+    assert_eq!(c.whoami(), "default");
     assert_eq!(
         search_filters(&slapd)[1],
         "(&(objectClass=groupOfNames)(uid=alice))"
@@ -421,7 +356,7 @@ fn valkey_8_1_search_bind_right_wrong_and_hello3() {
     let file = password_file(&dir, SEARCHER.password);
     let v = Valkey::builder()
         .version(Version::V8_1)
-        .module(search_args(&slapd, &service_args(&file)))
+        .module(search_args(&slapd.url(), &service_args(&file)))
         .start();
     let server = v.raw().call(&[b"INFO", b"server"]).text().unwrap();
     assert!(server.contains("valkey_version:8.1."), "{server}");
@@ -429,12 +364,12 @@ fn valkey_8_1_search_bind_right_wrong_and_hello3() {
 
     let (r, mut c) = login(&v, "alice", ALICE.password);
     assert_eq!(r, ok());
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     assert_eq!(login(&v, "alice", "wrong").0, wrongpass());
     let mut c = v.raw();
     let hello = c.hello3_auth(b"alice", ALICE.password.as_bytes());
     assert_eq!(hello.get("proto"), Some(&Reply::Int(3)), "{hello:?}");
-    assert_eq!(whoami(&mut c), "alice");
+    assert_eq!(c.whoami(), "alice");
     assert_eq!(login(&v, "twin", TWIN_PEOPLE.password).0, wrongpass());
     assert_outcomes(
         &v,

@@ -1578,6 +1578,143 @@ pub fn whoami(conn: &mut redis::Connection) -> redis::RedisResult<String> {
     redis::cmd("ACL").arg("WHOAMI").query(conn)
 }
 
+/// `+OK`.
+pub fn ok() -> Reply {
+    Reply::Simple("OK".into())
+}
+
+/// The reply to a refused login ([`WRONGPASS`]).
+pub fn wrongpass() -> Reply {
+    Reply::Error(WRONGPASS.into())
+}
+
+/// The reply when no directory server answered in time ([`UNAVAILABLE`]).
+pub fn unavailable() -> Reply {
+    Reply::Error(UNAVAILABLE.into())
+}
+
+/// `AUTH` as `user` with its own password on a new connection, which must succeed.
+pub fn auth_ok(v: &Valkey, user: &FixtureUser, context: &str) {
+    let r = v.raw().auth(user.name.as_bytes(), user.password.as_bytes());
+    assert!(
+        r.is_ok(),
+        "{context}: AUTH {}: {r}\nlog:\n{}",
+        user.name,
+        v.log()
+    );
+}
+
+/// `AUTH user pass` with exact bytes on a new connection; returns the reply and the connection.
+pub fn login(v: &Valkey, user: impl AsRef<[u8]>, pass: impl AsRef<[u8]>) -> (Reply, RawClient) {
+    let mut c = v.raw();
+    let r = c.auth(user.as_ref(), pass.as_ref());
+    (r, c)
+}
+
+/// `CONFIG SET <name> <value>` on a new connection, which must succeed (`name` in full, e.g.
+/// `valkeyauth.workers`).
+pub fn config_set_ok(v: &Valkey, name: &str, value: &str) {
+    let r = v
+        .raw()
+        .call(&[b"CONFIG", b"SET", name.as_bytes(), value.as_bytes()]);
+    assert!(r.is_ok(), "CONFIG SET {name} {value}: {r}");
+}
+
+/// `ACL SETUSER <args...>`, which must succeed.
+pub fn acl_setuser(v: &Valkey, args: &[&str]) {
+    let mut cmd: Vec<&[u8]> = vec![b"ACL", b"SETUSER"];
+    cmd.extend(args.iter().map(|a| a.as_bytes()));
+    let r = v.raw().call(&cmd);
+    assert!(r.is_ok(), "ACL SETUSER {args:?}: {r}");
+}
+
+/// `ACL SETUSER <name> on +@all ~*` for each name, as exact bytes (no password: the directory
+/// decides).
+pub fn add_acl_users<N: AsRef<[u8]>>(v: &Valkey, names: &[N]) {
+    let mut admin = v.raw();
+    for name in names {
+        let name = name.as_ref();
+        let r = admin.call(&[b"ACL", b"SETUSER", name, b"on", b"+@all", b"~*"]);
+        assert!(
+            r.is_ok(),
+            "ACL SETUSER {:?}: {r}",
+            String::from_utf8_lossy(name)
+        );
+    }
+}
+
+// ============================================================================================
+// Module arguments
+// ============================================================================================
+
+/// The `bind_dn_suffix` of the fixture's people: bind mode binds as `cn=<user>` + this.
+pub const BIND_SUFFIX: &str = ",ou=people,dc=example,dc=test";
+
+/// No `extra` module arguments.
+pub const NO_ARGS: &[&str] = &[];
+
+fn module_args<S: AsRef<str>>(servers: &str, mode: &[&str], extra: &[S]) -> Vec<String> {
+    let mut args = vec!["servers".to_owned(), servers.to_owned()];
+    args.extend(mode.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(|s| s.as_ref().to_owned()));
+    args
+}
+
+/// Module arguments for bind mode: `servers <servers> bind_dn_suffix` [`BIND_SUFFIX`], then
+/// `extra` (later arguments win).
+pub fn bind_args<S: AsRef<str>>(servers: &str, extra: &[S]) -> Vec<String> {
+    module_args(servers, &["bind_dn_suffix", BIND_SUFFIX], extra)
+}
+
+/// Module arguments for search+bind (anonymous searches from [`SUFFIX`]): `servers <servers>
+/// auth_mode search+bind search_base` [`SUFFIX`], then `extra` (later arguments win).
+pub fn search_args<S: AsRef<str>>(servers: &str, extra: &[S]) -> Vec<String> {
+    module_args(
+        servers,
+        &["auth_mode", "search+bind", "search_base", SUFFIX],
+        extra,
+    )
+}
+
+/// Module arguments that make search+bind search as [`SEARCHER`] with the password in
+/// `pw_file`.
+pub fn service_args(pw_file: impl AsRef<Path>) -> Vec<String> {
+    vec![
+        "search_bind_dn".to_owned(),
+        SEARCHER.dn.to_owned(),
+        "search_bind_passwd_file".to_owned(),
+        pw_file.as_ref().to_str().expect("utf-8 path").to_owned(),
+    ]
+}
+
+// ============================================================================================
+// Changing the directory
+// ============================================================================================
+
+/// Applies `ldif` (with `changetype` lines) to `slapd` as the root DN, with `ldapmodify`.
+pub fn ldapmodify(slapd: &Slapd, ldif: &str) {
+    let mut child = Command::new("ldapmodify")
+        .args(["-x", "-H", &slapd.url(), "-D", ROOT_DN, "-w", ROOT_PW])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ldapmodify");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(ldif.as_bytes())
+        .expect("write LDIF to ldapmodify");
+    let out = child.wait_with_output().expect("wait for ldapmodify");
+    assert!(
+        out.status.success(),
+        "ldapmodify failed: {}{}\n{ldif}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One RESP2/RESP3 reply, as read by [`RawClient`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
@@ -1734,6 +1871,13 @@ impl RawClient {
     /// `HELLO 3 AUTH user pass`.
     pub fn hello3_auth(&mut self, user: &[u8], pass: &[u8]) -> Reply {
         self.call(&[b"HELLO", b"3", b"AUTH", user, pass])
+    }
+
+    /// `ACL WHOAMI`: the user this connection is logged in as.
+    pub fn whoami(&mut self) -> String {
+        self.call(&[b"ACL", b"WHOAMI"])
+            .text()
+            .expect("ACL WHOAMI text")
     }
 
     /// True if the server closed the connection (EOF within `t`).
