@@ -293,9 +293,13 @@ impl Engine {
                     }
                 }
                 Attempt::NextServer(why) => {
-                    // A step cut short by this AUTH's own deadline says nothing about the server.
+                    // A step cut short by this AUTH's own deadline may say more about the
+                    // queue than about the server: the checker probes it with the full
+                    // timeouts and marks it down if it really does not answer.
                     let cut = target.timeouts != settings.timeouts;
-                    if !(cut && why == Outcome::Timeout) {
+                    if why == Outcome::Timeout && cut {
+                        generation.health.suspect(server);
+                    } else {
                         generation.health.mark_down(server);
                     }
                     outage = why;

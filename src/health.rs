@@ -22,6 +22,8 @@ pub struct Health {
 #[derive(Debug, Default)]
 struct ServerState {
     down: AtomicBool,
+    /// Timed out on a step cut short by an AUTH's own deadline: the checker decides.
+    suspect: AtomicBool,
     consecutive_failures: AtomicU64,
 }
 
@@ -45,7 +47,13 @@ impl Health {
     pub fn mark_up(&self, server: usize) {
         let state = &self.servers[server];
         state.consecutive_failures.store(0, Relaxed);
+        state.suspect.store(false, Relaxed);
         state.down.store(false, Relaxed);
+    }
+
+    /// Leaves the server in use, but has the checker probe it with the full timeouts.
+    pub fn suspect(&self, server: usize) {
+        self.servers[server].suspect.store(true, Relaxed);
     }
 
     /// Every server is marked down: an AUTH cannot be answered by the directory now.
@@ -57,8 +65,10 @@ impl Health {
         self.servers[server].consecutive_failures.load(Relaxed)
     }
 
-    fn down_servers(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.servers.len()).filter(|i| !self.is_up(*i))
+    /// Servers to probe: those marked down, and those under suspicion.
+    fn to_probe(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.servers.len())
+            .filter(|i| !self.is_up(*i) || self.servers[*i].suspect.load(Relaxed))
     }
 }
 
@@ -116,11 +126,13 @@ fn check_loop(mut generation: Arc<Generation>, updates: Receiver<Arc<Generation>
 
 fn probe_down_servers(generation: &Generation) {
     let settings = &generation.settings;
-    for index in generation.health.down_servers() {
+    for index in generation.health.to_probe() {
         let url = &settings.servers[index];
         match engine::probe(settings, url) {
             Ok(()) => {
-                log::info!("valkeyauth: directory server {url} is up again");
+                if !generation.health.is_up(index) {
+                    log::info!("valkeyauth: directory server {url} is up again");
+                }
                 generation.health.mark_up(index);
             }
             Err(e) => {
@@ -143,9 +155,14 @@ mod tests {
         health.mark_down(1);
         assert!(!health.is_up(1));
         assert_eq!(health.consecutive_failures(1), 2);
-        assert_eq!(health.down_servers().collect::<Vec<_>>(), [1]);
+        assert_eq!(health.to_probe().collect::<Vec<_>>(), [1]);
+        health.suspect(0);
+        assert!(health.is_up(0));
+        assert_eq!(health.to_probe().collect::<Vec<_>>(), [0, 1]);
         health.mark_up(1);
         assert!(health.is_up(1));
         assert_eq!(health.consecutive_failures(1), 0);
+        health.mark_up(0);
+        assert!(health.to_probe().next().is_none());
     }
 }
