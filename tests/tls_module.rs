@@ -8,10 +8,9 @@
 
 mod common;
 
+use common::pki::Pki;
 use common::*;
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
@@ -21,133 +20,6 @@ const LOG_WAIT: Duration = Duration::from_secs(5);
 // ============================================================================================
 // Certificates (from tests/ldap_tls.rs)
 // ============================================================================================
-
-/// A small PKI in a temp dir (EC P-256 keys: fast to make):
-/// - `ca.pem`: the CA that signed the server and the client;
-/// - `server.pem`: for IP 127.0.0.1 (subjectAltName), signed by the CA;
-/// - `client.pem`: a client certificate signed by the CA;
-/// - `other-ca.pem`: a second CA, which signed nothing we use.
-///
-/// Each `X.pem` has its key in `X.key`.
-struct Pki {
-    dir: TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let pki = Pki {
-            dir: TempDir::new("pki"),
-        };
-        pki.make_ca("ca", "ValkeyAUTH Test CA");
-        pki.make_ca("other-ca", "Other CA");
-        pki.make_leaf(
-            "server",
-            "ca",
-            "127.0.0.1",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-            1,
-        );
-        pki.make_leaf(
-            "client",
-            "ca",
-            "valkeyauth-client",
-            "extendedKeyUsage=clientAuth\n",
-            2,
-        );
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `path(name)` as a string, for command lines and module arguments (temp paths are UTF-8).
-    fn arg(&self, name: &str) -> String {
-        self.path(name)
-            .to_str()
-            .expect("UTF-8 temp path")
-            .to_owned()
-    }
-
-    fn make_ca(&self, name: &str, cn: &str) {
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "3",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            &self.arg(&format!("{name}.key")),
-            "-out",
-            &self.arg(&format!("{name}.pem")),
-        ]);
-    }
-
-    fn make_leaf(&self, name: &str, ca: &str, cn: &str, extensions: &str, serial: u32) {
-        let (csr, ext) = (format!("{name}.csr"), format!("{name}.ext"));
-        fs::write(
-            self.path(&ext),
-            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{extensions}"),
-        )
-        .expect("write ext");
-        openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &self.arg(&format!("{name}.key")),
-            "-out",
-            &self.arg(&csr),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &self.arg(&csr),
-            "-CA",
-            &self.arg(&format!("{ca}.pem")),
-            "-CAkey",
-            &self.arg(&format!("{ca}.key")),
-            "-set_serial",
-            &serial.to_string(),
-            "-days",
-            "2",
-            "-extfile",
-            &self.arg(&ext),
-            "-out",
-            &self.arg(&format!("{name}.pem")),
-        ]);
-    }
-}
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl (Debian package openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 // ============================================================================================
 // Servers
@@ -219,7 +91,7 @@ fn ldaps_with_an_untrusted_ca_is_an_outage_and_sends_no_bind() {
     let slapd = tls_slapd(&pki, &[]);
     let v = valkey(
         &slapd.ldaps_url(),
-        &["tls_ca_cert_path", &pki.arg("other-ca.pem")],
+        &["tls_ca_cert_path", &pki.arg("rogue-ca.pem")],
     );
 
     let (r, mut c) = login(&v, "alice", ALICE.password);
@@ -323,7 +195,7 @@ fn burst_of_auths_across_tls_config_changes() {
     auth_ok(&v, &ALICE, "before the changes");
 
     // A bundle holding the other CA and the right one: trusts the same server.
-    let mut bundle = fs::read(pki.path("other-ca.pem")).unwrap();
+    let mut bundle = fs::read(pki.path("rogue-ca.pem")).unwrap();
     bundle.extend(fs::read(pki.path("ca.pem")).unwrap());
     fs::write(pki.path("bundle.pem"), bundle).unwrap();
 

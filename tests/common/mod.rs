@@ -17,6 +17,8 @@
 //! Binaries come from `scripts/install-deps.sh`; the module from `cargo build --release`.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
