@@ -35,6 +35,12 @@ pub enum Outcome {
     InvalidUsername,
     NoAclUser,
     NoMapping,
+    AccountDisabled,
+    AccountExpired,
+    AccountLocked,
+    PasswordExpired,
+    PasswordMustChange,
+    LogonRestricted,
     InternalError,
     Unreachable,
     Timeout,
@@ -52,7 +58,7 @@ pub enum Class {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Allowed,
         Outcome::BadCredentials,
         Outcome::UnknownUser,
@@ -62,6 +68,12 @@ impl Outcome {
         Outcome::InvalidUsername,
         Outcome::NoAclUser,
         Outcome::NoMapping,
+        Outcome::AccountDisabled,
+        Outcome::AccountExpired,
+        Outcome::AccountLocked,
+        Outcome::PasswordExpired,
+        Outcome::PasswordMustChange,
+        Outcome::LogonRestricted,
         Outcome::InternalError,
         Outcome::Unreachable,
         Outcome::Timeout,
@@ -80,6 +92,12 @@ impl Outcome {
             Outcome::InvalidUsername => "denied_invalid_username",
             Outcome::NoAclUser => "denied_no_acl_user",
             Outcome::NoMapping => "denied_no_mapping",
+            Outcome::AccountDisabled => "denied_account_disabled",
+            Outcome::AccountExpired => "denied_account_expired",
+            Outcome::AccountLocked => "denied_account_locked",
+            Outcome::PasswordExpired => "denied_password_expired",
+            Outcome::PasswordMustChange => "denied_password_must_change",
+            Outcome::LogonRestricted => "denied_logon_restricted",
             Outcome::InternalError => "denied_internal_error",
             Outcome::Unreachable => "outage_unreachable",
             Outcome::Timeout => "outage_timeout",
@@ -514,6 +532,9 @@ fn bind_failure(url: &str, e: &LdapError) -> Attempt {
     if e.is_transport() {
         return next_server(url, e);
     }
+    if let Some(outcome) = active_directory_reason(&e.diagnostic) {
+        return Attempt::Final(outcome);
+    }
     match e.code {
         // The server refuses this account with this password.
         ResultCode::INVALID_CREDENTIALS
@@ -528,6 +549,29 @@ fn bind_failure(url: &str, e: &LdapError) -> Attempt {
             Attempt::Final(Outcome::DirectoryError)
         }
     }
+}
+
+/// Active Directory says why a bind failed in its diagnostic text (`... data 533, v4563`).
+/// The reason goes to INFO and ACL LOG; the client still gets the one uniform WRONGPASS.
+/// 530, 531 and 532 mean the password was right, which is never told to the client.
+fn active_directory_reason(diagnostic: &[u8]) -> Option<Outcome> {
+    let at = diagnostic.windows(5).position(|w| w == b"data ")?;
+    let code: String = diagnostic[at + 5..]
+        .iter()
+        .take_while(|b| b.is_ascii_hexdigit())
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect();
+    Some(match code.as_str() {
+        "525" => Outcome::UnknownUser,
+        "52e" => Outcome::BadCredentials,
+        "530" | "531" => Outcome::LogonRestricted,
+        "532" => Outcome::PasswordExpired,
+        "533" => Outcome::AccountDisabled,
+        "701" => Outcome::AccountExpired,
+        "773" => Outcome::PasswordMustChange,
+        "775" => Outcome::AccountLocked,
+        _ => return None,
+    })
 }
 
 fn next_server(url: &str, e: &LdapError) -> Attempt {
@@ -579,6 +623,34 @@ mod tests {
             request(b"alice", b"p\0w").unwrap().password.expose(),
             b"p\0w"
         );
+    }
+
+    #[test]
+    fn active_directory_bind_diagnostics_give_the_reason() {
+        let text = |code: &str| {
+            format!("80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data {code}, v4563\0")
+        };
+        for (code, outcome) in [
+            ("525", Outcome::UnknownUser),
+            ("52e", Outcome::BadCredentials),
+            ("52E", Outcome::BadCredentials),
+            ("530", Outcome::LogonRestricted),
+            ("531", Outcome::LogonRestricted),
+            ("532", Outcome::PasswordExpired),
+            ("533", Outcome::AccountDisabled),
+            ("701", Outcome::AccountExpired),
+            ("773", Outcome::PasswordMustChange),
+            ("775", Outcome::AccountLocked),
+        ] {
+            assert_eq!(
+                active_directory_reason(text(code).as_bytes()),
+                Some(outcome),
+                "{code}"
+            );
+        }
+        assert_eq!(active_directory_reason(text("999").as_bytes()), None);
+        assert_eq!(active_directory_reason(b"Invalid credentials"), None);
+        assert_eq!(active_directory_reason(b"data "), None);
     }
 
     #[test]
