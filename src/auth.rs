@@ -149,6 +149,7 @@ fn begin(
             name,
             fingerprint,
             Outcome::Unreachable,
+            fallback,
         );
     }
     if runtime.pool.is_full() {
@@ -250,9 +251,15 @@ fn on_reply(
         let name = verdict.username.as_str();
         match verdict.outcome {
             Outcome::Allowed => log_in(ctx, runtime, &username, name, Some(&verdict.groups)),
-            outcome @ (Outcome::Unreachable | Outcome::Timeout) => {
-                answer_unreachable(ctx, runtime, &username, name, verdict.fingerprint, outcome)
-            }
+            outcome @ (Outcome::Unreachable | Outcome::Timeout) => answer_unreachable(
+                ctx,
+                runtime,
+                &username,
+                name,
+                verdict.fingerprint,
+                outcome,
+                verdict.fallback,
+            ),
             other => conclude(ctx, &username, other, verdict.fallback),
         }
     })
@@ -303,12 +310,12 @@ fn answer_unreachable(
     name: &str,
     fingerprint: Fingerprint,
     outcome: Outcome,
+    fallback: LocalFallback,
 ) -> Result<c_int, ValkeyError> {
     if runtime.cache.admits_during_outage(name, fingerprint) {
         STATS.count(Event::CacheStaleOnOutage);
         return log_in(ctx, runtime, username, name, None);
     }
-    let fallback = runtime.generation.settings.local_fallback;
     conclude(ctx, username, outcome, fallback)
 }
 

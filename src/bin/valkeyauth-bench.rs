@@ -130,6 +130,17 @@ fn take_value(
         .ok_or_else(|| format!("{name} needs a value"))
 }
 
+/// The number after option `name`, within `min..=max`.
+fn numeric<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    name: &str,
+    inline: Option<String>,
+    rest: &mut impl Iterator<Item = String>,
+    min: T,
+    max: T,
+) -> Res<T> {
+    number(name, &take_value(name, inline, rest)?, min, max)
+}
+
 fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
     name: &str,
     text: &str,
@@ -163,45 +174,12 @@ fn parse_args() -> Res<Args> {
             _ => (arg.clone(), None),
         };
         match name.as_str() {
-            "--clients" => {
-                clients = Some(number(
-                    &name,
-                    &take_value(&name, inline, &mut rest)?,
-                    1,
-                    10_000,
-                )?)
-            }
-            "--workers" => {
-                workers = Some(number(
-                    &name,
-                    &take_value(&name, inline, &mut rest)?,
-                    1,
-                    256,
-                )?)
-            }
-            "--users" => {
-                users = Some(number(
-                    &name,
-                    &take_value(&name, inline, &mut rest)?,
-                    1,
-                    1_000_000,
-                )?)
-            }
-            "--seconds" => {
-                seconds = Some(number(
-                    &name,
-                    &take_value(&name, inline, &mut rest)?,
-                    0.1,
-                    3600.0,
-                )?)
-            }
+            "--clients" => clients = Some(numeric(&name, inline, &mut rest, 1, 10_000)?),
+            "--workers" => workers = Some(numeric(&name, inline, &mut rest, 1, 256)?),
+            "--users" => users = Some(numeric(&name, inline, &mut rest, 1, 1_000_000)?),
+            "--seconds" => seconds = Some(numeric(&name, inline, &mut rest, 0.1, 3600.0)?),
             "--memory-auths" => {
-                memory_auths = Some(number(
-                    &name,
-                    &take_value(&name, inline, &mut rest)?,
-                    1,
-                    100_000_000,
-                )?)
+                memory_auths = Some(numeric(&name, inline, &mut rest, 1, 100_000_000)?)
             }
             "--module" => module = Some(PathBuf::from(take_value(&name, inline, &mut rest)?)),
             "--valkey-server" => {
