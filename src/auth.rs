@@ -11,17 +11,20 @@
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Instant;
 
 use valkey_module::{
     raw, BlockedClient, Context, ContextFlags, Status, ValkeyError, ValkeyString, AUTH_HANDLED,
     AUTH_NOT_HANDLED,
 };
 
+use crate::audit::Record;
+use crate::audit::Sink;
 use crate::cache::{Fingerprint, Lookup};
 use crate::config::LocalFallback;
 use crate::engine::{Answer, Class, Credentials, Engine, Outcome, Request};
 use crate::mapping;
-use crate::runtime::{Runtime, RUNTIME};
+use crate::runtime::{Runtime, Task, RUNTIME};
 use crate::stats::{Event, STATS};
 
 const UNAVAILABLE: &str = "valkeyauth: directory unavailable, try again later";
@@ -35,6 +38,7 @@ pub struct Job {
     client: BlockedClient<Verdict>,
     fingerprint: Fingerprint,
     epoch: u64,
+    started: Instant,
 }
 
 /// What comes back to the main thread for one blocked client.
@@ -51,6 +55,34 @@ pub struct Verdict {
     /// Set on the AUTH that went to the directory (not on those that shared its answer): its
     /// free callback records the answer in the cache and releases the others.
     leader: bool,
+    /// For the audit trail: when the AUTH arrived, and the server that answered it.
+    started: Instant,
+    server: Option<String>,
+}
+
+/// Where a decision came from, for the audit trail.
+#[derive(Clone, Copy)]
+struct Trail<'a> {
+    started: Instant,
+    server: Option<&'a str>,
+    cached: bool,
+}
+
+impl Trail<'_> {
+    fn local(started: Instant) -> Trail<'static> {
+        Trail {
+            started,
+            server: None,
+            cached: false,
+        }
+    }
+
+    fn cached(started: Instant) -> Trail<'static> {
+        Trail {
+            cached: true,
+            ..Trail::local(started)
+        }
+    }
 }
 
 /// Redis 7.0 and older have no module authentication API.
@@ -71,13 +103,15 @@ pub fn on_auth(
     username: ValkeyString,
     password: ValkeyString,
 ) -> Result<c_int, ValkeyError> {
-    guarded(|| begin(ctx, &username, password.as_slice()))
+    let started = Instant::now();
+    guarded(|| begin(ctx, &username, password.as_slice(), started))
 }
 
 fn begin(
     ctx: &Context,
     given_user: &ValkeyString,
     given_password: &[u8],
+    started: Instant,
 ) -> Result<c_int, ValkeyError> {
     let mut guard = RUNTIME.lock();
     let Some(runtime) = guard.as_mut() else {
@@ -110,9 +144,10 @@ fn begin(
         return Err(ValkeyError::Str(IN_MULTI));
     }
     let fallback = settings.local_fallback;
+    let here = Trail::local(started);
     let credentials = match Credentials::check(user, password) {
         Ok(credentials) => credentials,
-        Err(outcome) => return conclude(ctx, username, outcome, fallback),
+        Err(outcome) => return conclude(ctx, Some(runtime), username, outcome, fallback, here),
     };
     let name = credentials.username;
     let fingerprint = runtime.cache.fingerprint(name, password);
@@ -121,18 +156,33 @@ fn begin(
     match runtime.cache.lookup(name, fingerprint) {
         Lookup::Allowed if has_acl_user || runtime.users.rules_of(name).is_some() => {
             STATS.count(Event::CacheHit);
-            return log_in(ctx, runtime, username, name, None);
+            return log_in(ctx, runtime, username, name, None, Trail::cached(started));
         }
         Lookup::Refused => {
             STATS.count(Event::CacheNegativeHit);
-            return conclude(ctx, username, Outcome::BadCredentials, fallback);
+            let trail = Trail::cached(started);
+            return conclude(
+                ctx,
+                Some(runtime),
+                username,
+                Outcome::BadCredentials,
+                fallback,
+                trail,
+            );
         }
         _ => STATS.count(Event::CacheMiss),
     }
     // Without an ACL user (or provisioning) the login cannot succeed: asking the directory
     // would only let clients guess, or lock out, directory accounts never meant for Valkey.
     if !has_acl_user && !provisioned {
-        return conclude(ctx, username, Outcome::NoAclUser, fallback);
+        return conclude(
+            ctx,
+            Some(runtime),
+            username,
+            Outcome::NoAclUser,
+            fallback,
+            here,
+        );
     }
     if let Some(parked) = runtime.waiting.get_mut(&fingerprint) {
         STATS.count(Event::Coalesced);
@@ -150,24 +200,27 @@ fn begin(
             fingerprint,
             Outcome::Unreachable,
             fallback,
+            here,
         );
     }
     if runtime.pool.is_full() {
-        return conclude(ctx, username, Outcome::Busy, fallback);
+        return conclude(ctx, Some(runtime), username, Outcome::Busy, fallback, here);
     }
     let job = Job {
         request: Request::new(generation.clone(), credentials, !has_acl_user),
         client: ctx.block_client_on_auth(on_reply, Some(on_free)),
         fingerprint,
         epoch: runtime.cache.epoch,
+        started,
     };
-    match runtime.pool.submit(job) {
+    match runtime.pool.submit(Task::Auth(job)) {
         Ok(()) => {
             runtime.waiting.insert(fingerprint, Vec::new());
         }
         // Only the main thread sends and the queue had room, so the channel was closed; the
         // client is still answered, through the reply callback.
-        Err(job) => deliver(job, Answer::from(Outcome::Busy)),
+        Err(Task::Auth(job)) => deliver(job, Answer::from(Outcome::Busy)),
+        Err(_) => {}
     }
     Ok(AUTH_HANDLED)
 }
@@ -189,7 +242,7 @@ fn legacy_split<'a>(separator: &str, user: &'a [u8], password: &'a [u8]) -> (&'a
 /// Only plain lowercase ASCII names are provisioned. Directories match names loosely (case,
 /// surrounding spaces, full-width letters), Valkey exactly: `ALICE`, `alice ` or `ａｌｉｃｅ`
 /// must never become a second user with alice's rights, or get around a disabled `alice`.
-fn provisionable(name: &str) -> bool {
+pub fn provisionable(name: &str) -> bool {
     !name.is_empty()
         && name != "default"
         && name
@@ -201,11 +254,13 @@ fn provisionable(name: &str) -> bool {
 pub fn work(engine: &mut Engine, job: Job) {
     // Caught here as well as in the pool, so that a verdict is always delivered: clients
     // parked behind this one are released only by it.
+    let started = Instant::now();
     let answer = catch_unwind(AssertUnwindSafe(|| engine.authenticate(&job.request)))
         .unwrap_or_else(|_| {
             *engine = Engine::default();
             Answer::from(Outcome::InternalError)
         });
+    STATS.latency.record(started.elapsed());
     deliver(job, answer);
 }
 
@@ -215,15 +270,19 @@ fn deliver(job: Job, answer: Answer) {
         mut client,
         fingerprint,
         epoch,
+        started,
     } = job;
+    let settings = &request.generation.settings;
     let verdict = Verdict {
         outcome: answer.outcome,
-        fallback: request.generation.settings.local_fallback,
+        fallback: settings.local_fallback,
         fingerprint,
         epoch,
         username: request.username().to_owned(),
         groups: answer.groups,
         leader: true,
+        started,
+        server: answer.server.map(|i| settings.servers[i].clone()),
     };
     // The password is wiped before the client can run again.
     drop(request);
@@ -240,17 +299,20 @@ fn on_reply(
     guarded(|| {
         let mut guard = RUNTIME.lock();
         let (Some(verdict), Some(runtime)) = (verdict, guard.as_mut()) else {
-            return conclude(
-                ctx,
-                &given_user,
-                Outcome::InternalError,
-                LocalFallback::Never,
-            );
+            let trail = Trail::local(Instant::now());
+            let outcome = Outcome::InternalError;
+            return conclude(ctx, None, &given_user, outcome, LocalFallback::Never, trail);
         };
         let username = ValkeyString::create(None, verdict.username.as_str());
         let name = verdict.username.as_str();
+        let trail = Trail {
+            started: verdict.started,
+            server: verdict.server.as_deref(),
+            cached: false,
+        };
+        let groups = Some(verdict.groups.as_slice());
         match verdict.outcome {
-            Outcome::Allowed => log_in(ctx, runtime, &username, name, Some(&verdict.groups)),
+            Outcome::Allowed => log_in(ctx, runtime, &username, name, groups, trail),
             outcome @ (Outcome::Unreachable | Outcome::Timeout) => answer_unreachable(
                 ctx,
                 runtime,
@@ -259,8 +321,16 @@ fn on_reply(
                 verdict.fingerprint,
                 outcome,
                 verdict.fallback,
+                trail,
             ),
-            other => conclude(ctx, &username, other, verdict.fallback),
+            other => conclude(
+                ctx,
+                Some(runtime),
+                &username,
+                other,
+                verdict.fallback,
+                trail,
+            ),
         }
     })
 }
@@ -303,6 +373,7 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
 
 /// No directory server could be reached. The outage window still admits a password that
 /// succeeded recently enough.
+#[allow(clippy::too_many_arguments)] // each is one fact of this AUTH; a struct would only wrap them
 fn answer_unreachable(
     ctx: &Context,
     runtime: &mut Runtime,
@@ -311,12 +382,20 @@ fn answer_unreachable(
     fingerprint: Fingerprint,
     outcome: Outcome,
     fallback: LocalFallback,
+    trail: Trail,
 ) -> Result<c_int, ValkeyError> {
     if runtime.cache.admits_during_outage(name, fingerprint) {
         STATS.count(Event::CacheStaleOnOutage);
-        return log_in(ctx, runtime, username, name, None);
+        return log_in(
+            ctx,
+            runtime,
+            username,
+            name,
+            None,
+            Trail::cached(trail.started),
+        );
     }
-    conclude(ctx, username, outcome, fallback)
+    conclude(ctx, Some(runtime), username, outcome, fallback, trail)
 }
 
 /// Logs the client in as the ACL user of the same name or, with provisioning, as a module user
@@ -327,15 +406,31 @@ fn log_in(
     username: &ValkeyString,
     name: &str,
     groups: Option<&[String]>,
+    trail: Trail,
 ) -> Result<c_int, ValkeyError> {
-    let settings = &runtime.generation.settings;
+    let generation = Arc::clone(&runtime.generation);
+    let settings = &generation.settings;
     let fallback = settings.local_fallback;
     if ctx.authenticate_client_with_acl_user(username) == Status::Ok {
-        return conclude(ctx, username, Outcome::Allowed, fallback);
+        return conclude(
+            ctx,
+            Some(runtime),
+            username,
+            Outcome::Allowed,
+            fallback,
+            trail,
+        );
     }
     if acl_user_exists(username) || !settings.provision || !provisionable(name) {
         // An existing (but disabled) ACL user always wins over provisioning.
-        return conclude(ctx, username, Outcome::NoAclUser, fallback);
+        return conclude(
+            ctx,
+            Some(runtime),
+            username,
+            Outcome::NoAclUser,
+            fallback,
+            trail,
+        );
     }
     let rules = match groups {
         Some(groups) => mapping::rules_for(&settings.acl_map, groups, &settings.default_acl_rules),
@@ -343,7 +438,14 @@ fn log_in(
     };
     let Some(rules) = rules else {
         log::warn!("valkeyauth: {name:?} is in no group of acl_map and there are no default_acl_rules; denied");
-        return conclude(ctx, username, Outcome::NoMapping, fallback);
+        return conclude(
+            ctx,
+            Some(runtime),
+            username,
+            Outcome::NoMapping,
+            fallback,
+            trail,
+        );
     };
     let outcome = match runtime.users.log_in(ctx, name, &rules) {
         Ok(()) => Outcome::Allowed,
@@ -352,10 +454,10 @@ fn log_in(
             Outcome::InternalError
         }
     };
-    conclude(ctx, username, outcome, fallback)
+    conclude(ctx, Some(runtime), username, outcome, fallback, trail)
 }
 
-fn acl_user_exists(username: &ValkeyString) -> bool {
+pub fn acl_user_exists(username: &ValkeyString) -> bool {
     // SAFETY: reads function pointers that module init filled in; nothing writes them after.
     let (get, free) = unsafe {
         (
@@ -378,16 +480,23 @@ fn acl_user_exists(username: &ValkeyString) -> bool {
     true
 }
 
-/// Counts the outcome and turns it into the answer Valkey expects from an auth callback. A
-/// denial is written to ACL LOG like a native one, with the reason as its object.
+/// Counts the outcome, records it in the audit trail, and turns it into the answer Valkey
+/// expects from an auth callback. A denial is written to ACL LOG like a native one, with the
+/// reason as its object.
 fn conclude(
     ctx: &Context,
+    runtime: Option<&Runtime>,
     username: &ValkeyString,
     outcome: Outcome,
     fallback: LocalFallback,
+    trail: Trail,
 ) -> Result<c_int, ValkeyError> {
     STATS.record(outcome);
-    if outcome.class() != Class::Allowed && falls_back(outcome, fallback) {
+    let local_fallback = outcome.class() != Class::Allowed && falls_back(outcome, fallback);
+    if let Some(runtime) = runtime {
+        audit(ctx, runtime, username, outcome, trail, local_fallback);
+    }
+    if local_fallback {
         // Valkey's own check follows, and logs its own failure.
         STATS.count(Event::LocalFallbackUsed);
         return Ok(AUTH_NOT_HANDLED);
@@ -401,6 +510,54 @@ fn conclude(
         Class::Outage if outcome == Outcome::Busy => Err(ValkeyError::Str(BUSY)),
         Class::Outage => Err(ValkeyError::Str(UNAVAILABLE)),
     }
+}
+
+fn audit(
+    ctx: &Context,
+    runtime: &Runtime,
+    username: &ValkeyString,
+    outcome: Outcome,
+    trail: Trail,
+    local_fallback: bool,
+) {
+    let sink = runtime.generation.settings.audit;
+    if sink == Sink::Off {
+        return;
+    }
+    let client_id = ctx.get_client_id();
+    runtime.auditor.record(
+        sink,
+        &Record {
+            client: &client_address(client_id),
+            client_id,
+            username: username.as_slice(),
+            outcome,
+            server: trail.server,
+            latency: trail.started.elapsed(),
+            cached: trail.cached,
+            local_fallback,
+        },
+    );
+}
+
+/// `ip:port` of a client, as CLIENT LIST shows it.
+fn client_address(client_id: u64) -> String {
+    // SAFETY: reads a function pointer that module init filled in.
+    let Some(get_info) = (unsafe { raw::RedisModule_GetClientInfoById }) else {
+        return "?".to_owned();
+    };
+    let mut info = raw::RedisModuleClientInfo {
+        version: 1,
+        ..Default::default()
+    };
+    // SAFETY: main thread; `info` is a version-1 client info struct that Valkey fills in.
+    let status = unsafe { get_info((&raw mut info).cast(), client_id) };
+    if status != raw::REDISMODULE_OK as c_int {
+        return "?".to_owned();
+    }
+    // SAFETY: Valkey wrote a NUL-terminated address into the fixed-size array.
+    let addr = unsafe { std::ffi::CStr::from_ptr(info.addr.as_ptr()) };
+    format!("{}:{}", addr.to_string_lossy(), info.port)
 }
 
 fn add_acl_log_entry(ctx: &Context, username: &ValkeyString, outcome: Outcome) {

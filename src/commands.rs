@@ -1,8 +1,18 @@
 //! Module commands.
 
-use valkey_module::{Context, NextArg, ValkeyError, ValkeyResult, ValkeyString, ValkeyValue};
+use std::os::raw::c_int;
+use std::sync::Arc;
 
-use crate::runtime::RUNTIME;
+use valkey_module::{
+    raw, BlockedClient, Context, NextArg, ThreadSafeContext, ValkeyError, ValkeyResult,
+    ValkeyString, ValkeyValue,
+};
+
+use crate::auth;
+use crate::check::{self, AclPlan};
+use crate::engine::{Credentials, Engine, Generation, Request};
+use crate::runtime::{self, Task, RUNTIME};
+use crate::valkey_config;
 
 /// `VALKEYAUTH.CACHE FLUSH [username]`: forgets every cached directory answer, or one user's,
 /// and returns how many entries were removed. After a user is disabled in the directory, this
@@ -59,4 +69,156 @@ pub fn users(ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
         })
         .collect();
     Ok(ValkeyValue::Array(rows))
+}
+
+/// `VALKEYAUTH.AUDIT REOPEN`: opens `audit_file` again, after log rotation moved it away.
+pub fn audit(_ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
+    let mut args = args.into_iter().skip(1);
+    let subcommand = args.next_string()?;
+    if !subcommand.eq_ignore_ascii_case("reopen") {
+        return Err(ValkeyError::String(format!(
+            "ERR unknown subcommand '{}'. Try VALKEYAUTH.AUDIT REOPEN",
+            subcommand.escape_debug()
+        )));
+    }
+    if args.next().is_some() {
+        return Err(ValkeyError::WrongArity);
+    }
+    let guard = RUNTIME.lock();
+    let runtime = guard.as_ref().ok_or(NOT_RUNNING)?;
+    let path = runtime::audit_file(&runtime.generation.settings)
+        .ok_or(ValkeyError::Str("ERR valkeyauth.audit is not `file`"))?;
+    // The writer thread opens it; this thread never waits on a disk.
+    runtime.auditor.open(Some(path));
+    Ok(ValkeyValue::SimpleStringStatic("OK"))
+}
+
+/// `VALKEYAUTH.RELOAD`: reads the service password file again and has every worker reconnect
+/// with it (and with fresh connections) before its next AUTH.
+pub fn reload(_ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
+    if args.len() != 1 {
+        return Err(ValkeyError::WrongArity);
+    }
+    let settings = valkey_config::current().map_err(|e| ValkeyError::String(format!("ERR {e}")))?;
+    runtime::reconfigure(settings)
+        .map_err(|e| ValkeyError::String(format!("ERR cannot start workers: {e}")))?;
+    Ok(ValkeyValue::SimpleStringStatic("OK"))
+}
+
+/// `VALKEYAUTH.CHECK [username password]`: a dry run on a worker. Without arguments it checks
+/// each server; with them, one login through the whole flow, without logging anyone in. The
+/// password is redacted from SLOWLOG and MONITOR.
+pub fn check(ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
+    if args.len() == 3 {
+        redact(ctx, 2);
+    } else if args.len() != 1 {
+        return Err(ValkeyError::WrongArity);
+    }
+    let mut guard = RUNTIME.lock();
+    let runtime = guard.as_mut().ok_or(NOT_RUNNING)?;
+    let generation = Arc::clone(&runtime.generation);
+    let what = match &args[..] {
+        [_, user, password] => login_check(&generation, user, password.as_slice())?,
+        _ => What::Servers(generation),
+    };
+    if runtime.pool.is_full() {
+        return Err(ValkeyError::Str(
+            "ERR valkeyauth: too many pending logins, try again later",
+        ));
+    }
+    let job = CheckJob {
+        client: Some(ctx.block_client()),
+        what,
+    };
+    // Refused only when the pool is closing: the job's Drop answers the client.
+    let _ = runtime.pool.submit(Task::Check(job));
+    Ok(ValkeyValue::NoReply)
+}
+
+const NOT_RUNNING: ValkeyError = ValkeyError::Str("ERR valkeyauth is not running");
+
+fn redact(ctx: &Context, position: c_int) {
+    // SAFETY: reads a function pointer that module init filled in.
+    if let Some(redact) = unsafe { raw::RedisModule_RedactClientCommandArgument } {
+        // SAFETY: main thread, inside this command's own context; `position` is within argv.
+        unsafe { redact(ctx.ctx, position) };
+    }
+}
+
+/// What a login check needs, decided here on the main thread: the local checks and which ACL
+/// rules could apply. The directory part runs on a worker.
+fn login_check(
+    generation: &Arc<Generation>,
+    user: &ValkeyString,
+    password: &[u8],
+) -> Result<What, ValkeyError> {
+    let settings = &generation.settings;
+    if !settings.is_active() {
+        return Err(ValkeyError::Str(
+            "ERR valkeyauth.servers is empty: Valkey's own passwords decide every login",
+        ));
+    }
+    if settings.is_exempt(user.as_slice()) {
+        return Err(ValkeyError::Str(
+            "ERR this user is in valkeyauth.exempt_users: Valkey's own password decides",
+        ));
+    }
+    let credentials = Credentials::check(user.as_slice(), password).map_err(|outcome| {
+        ValkeyError::String(format!(
+            "ERR denied before any directory traffic: {}",
+            outcome.reason()
+        ))
+    })?;
+    let has_acl_user = auth::acl_user_exists(user);
+    let plan = if has_acl_user {
+        AclPlan::AclUser
+    } else if !settings.provision {
+        AclPlan::Nothing("there is no ACL user of this name, and provision is off")
+    } else if !auth::provisionable(credentials.username) {
+        AclPlan::Nothing(
+            "the name cannot be provisioned (lowercase ASCII letters, digits and ._-@ only)",
+        )
+    } else {
+        AclPlan::Provision
+    };
+    let request = Request::new(Arc::clone(generation), credentials, !has_acl_user);
+    Ok(What::Login { request, plan })
+}
+
+enum What {
+    Servers(Arc<Generation>),
+    Login { request: Request, plan: AclPlan },
+}
+
+/// A queued `VALKEYAUTH.CHECK`. It always answers its client: with the result, or, when it is
+/// dropped unrun (a closing pool, a panic), with an error.
+pub struct CheckJob {
+    client: Option<BlockedClient>,
+    what: What,
+}
+
+impl CheckJob {
+    pub fn run(mut self, engine: &mut Engine) {
+        let lines = match &self.what {
+            What::Servers(generation) => check::servers(&generation.settings),
+            What::Login { request, plan } => check::login(engine, request, *plan),
+        };
+        let lines = lines.into_iter().map(ValkeyValue::BulkString).collect();
+        self.reply(Ok(ValkeyValue::Array(lines)));
+    }
+
+    fn reply(&mut self, result: ValkeyResult) {
+        if let Some(client) = self.client.take() {
+            // Replying through a blocked client's context needs no lock; dropping it unblocks.
+            ThreadSafeContext::with_blocked_client(client).reply(result);
+        }
+    }
+}
+
+impl Drop for CheckJob {
+    fn drop(&mut self) {
+        self.reply(Err(ValkeyError::Str(
+            "ERR valkeyauth: the check could not run",
+        )));
+    }
 }

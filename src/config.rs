@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::audit::Sink;
 use crate::cache::Limits;
 use crate::ldap::{RequireCert, Scope, Timeouts, TlsSettings, TlsVersion};
 use crate::mapping::{self, Mapping};
@@ -62,6 +63,8 @@ pub struct Settings {
     /// Read when a worker binds its search connection, so a rotated password is picked up
     /// at the next reconnect.
     pub search_bind_passwd_file: Option<PathBuf>,
+    /// Accept a password file that group or others can read (with a warning).
+    pub allow_readable_passwd_file: bool,
     pub workers: usize,
     pub max_pending: usize,
     /// Per step: opening a connection, one bind or search.
@@ -82,6 +85,8 @@ pub struct Settings {
     pub legacy_auth_separator: String,
     pub exempt_users: Vec<String>,
     pub local_fallback: LocalFallback,
+    pub audit: Sink,
+    pub audit_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -132,7 +137,34 @@ impl Settings {
             spec.apply(&mut settings, value.as_ref())
                 .map_err(|e| format!("{}: {e}", spec.name))?;
         }
+        settings.check_combination()?;
         Ok(settings)
+    }
+
+    /// Checks what depends on more than one option.
+    fn check_combination(&self) -> Result<(), String> {
+        if self.audit == Sink::File && self.audit_file.is_none() {
+            return Err("audit: `file` needs audit_file set".to_owned());
+        }
+        self.service_password()
+            .map_err(|e| format!("search_bind_passwd_file: {e}"))?;
+        if let (Some(file), true) = (
+            &self.search_bind_passwd_file,
+            self.allow_readable_passwd_file,
+        ) {
+            if file_is_readable_by_others(file) {
+                log::warn!("valkeyauth: WARNING: search_bind_passwd_file {} can be read by group or others (allowed by allow_readable_passwd_file)", file.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The service account's password, read from its file now (None: no file set).
+    pub fn service_password(&self) -> Result<Option<Secret>, String> {
+        self.search_bind_passwd_file
+            .as_deref()
+            .map(|file| read_password_file(file, self.allow_readable_passwd_file))
+            .transpose()
     }
 
     /// The snapshot with every option at its default.
@@ -153,6 +185,7 @@ impl Settings {
             search_attribute: String::new(),
             search_bind_dn: String::new(),
             search_bind_passwd_file: None,
+            allow_readable_passwd_file: false,
             workers: 1,
             max_pending: 1,
             timeouts: Timeouts {
@@ -182,6 +215,8 @@ impl Settings {
             },
             exempt_users: Vec::new(),
             local_fallback: LocalFallback::Never,
+            audit: Sink::Off,
+            audit_file: None,
         }
     }
 }
@@ -194,7 +229,8 @@ pub enum Parser {
         max: u64,
         set: fn(&mut Settings, u64),
     },
-    /// A path to a secret file: read and checked when set, then read again when used.
+    /// A path to a secret file: read and checked when set (its permissions against the other
+    /// options, when the whole configuration is), then read again when used.
     File(fn(&mut Settings, &str)),
     /// The setter receives the index of the matched choice.
     Choice {
@@ -244,7 +280,7 @@ impl OptionSpec {
     /// checks that need Valkey (ACL rules).
     pub fn validate(&self, value: &str) -> Result<Settings, String> {
         if let (Parser::File(_), false) = (&self.parser, value.is_empty()) {
-            read_password_file(Path::new(value))?;
+            read_password_file(Path::new(value), true)?;
         }
         let mut scratch = Settings::blank();
         self.apply(&mut scratch, value)?;
@@ -363,8 +399,20 @@ pub static OPTIONS: &[OptionSpec] = &[
             s.search_bind_passwd_file = (!v.is_empty()).then(|| PathBuf::from(v));
         }),
         doc: "Search+bind: a file holding the service account's password (one trailing newline \
-              ignored; must not be world-readable). There is deliberately no password option: \
-              Valkey shows module configs in CONFIG GET, SLOWLOG and rewritten config files.",
+              ignored; must be readable by its owner only). Read again when a connection binds, \
+              on `VALKEYAUTH.RELOAD` and when this option is set again. There is deliberately no \
+              password option: Valkey shows module configs in CONFIG GET, SLOWLOG and rewritten \
+              config files.",
+    },
+    OptionSpec {
+        name: "allow_readable_passwd_file",
+        default: "no",
+        parser: Parser::Choice {
+            choices: &["no", "yes"],
+            set: |s, i| s.allow_readable_passwd_file = i == 1,
+        },
+        doc: "`yes`: accept a `search_bind_passwd_file` that group or others can read, with a \
+              warning in the log.",
     },
     OptionSpec {
         name: "workers",
@@ -678,6 +726,29 @@ pub static OPTIONS: &[OptionSpec] = &[
               (the directory decides), `unavailable` (only when no directory server can be \
               reached), `always` (after any failed directory check).",
     },
+    OptionSpec {
+        name: "audit",
+        default: "log",
+        parser: Parser::Choice {
+            choices: &["off", "log", "file"],
+            set: |s, i| s.audit = [Sink::Off, Sink::Log, Sink::File][i],
+        },
+        doc: "Where every authentication decision is recorded (time, client, username, outcome, \
+              reason, server, latency; never a password): `log` (Valkey's log: denials at \
+              notice level, allowed logins at verbose, at most 100 lines a second of each), \
+              `file` (every decision, as JSON lines appended to `audit_file`), or `off`.",
+    },
+    OptionSpec {
+        name: "audit_file",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.audit_file = optional_path(v)?;
+            Ok(())
+        }),
+        doc: "The JSON-lines file of `audit file`, created 0600. Written by a thread of its own. \
+              After log rotation it is opened again by `VALKEYAUTH.AUDIT REOPEN`, or by itself \
+              when the file was moved or deleted.",
+    },
 ];
 
 /// The Markdown table of every option, as the README shows it.
@@ -817,12 +888,12 @@ fn parse_attribute(v: &str) -> Result<String, String> {
 }
 
 /// Reads a service password: one trailing newline dropped; refused when empty or world-readable.
-pub fn read_password_file(path: &Path) -> Result<Secret, String> {
+pub fn read_password_file(path: &Path, allow_readable: bool) -> Result<Secret, String> {
     let path_text = path.display();
-    let meta = fs::metadata(path).map_err(|e| format!("cannot read '{path_text}': {e}"))?;
-    if meta.permissions().mode() & 0o004 != 0 {
+    if !allow_readable && file_is_readable_by_others(path) {
         return Err(format!(
-            "'{path_text}' is readable by every user; chmod 600 it"
+            "'{path_text}' can be read by group or others; chmod 600 it \
+             (or set allow_readable_passwd_file yes)"
         ));
     }
     let mut bytes = fs::read(path).map_err(|e| format!("cannot read '{path_text}': {e}"))?;
@@ -839,6 +910,10 @@ pub fn read_password_file(path: &Path) -> Result<Secret, String> {
         return Err(format!("'{path_text}' holds an empty password"));
     }
     Ok(secret)
+}
+
+fn file_is_readable_by_others(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o044 != 0)
 }
 
 #[cfg(test)]
@@ -973,17 +1048,31 @@ mod tests {
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
         let path = file.to_str().unwrap();
         let s = set("search_bind_passwd_file", path).unwrap();
-        assert_eq!(
-            read_password_file(&s.search_bind_passwd_file.unwrap())
-                .unwrap()
-                .expose(),
-            b"s3cret"
-        );
+        assert_eq!(s.service_password().unwrap().unwrap().expose(), b"s3cret");
 
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(set("search_bind_passwd_file", path)
-            .unwrap_err()
-            .contains("chmod 600"));
+        for mode in [0o640, 0o604, 0o644] {
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+            let values: Vec<String> = OPTIONS
+                .iter()
+                .map(|o| match o.name {
+                    "search_bind_passwd_file" => path.to_owned(),
+                    _ => o.default.to_owned(),
+                })
+                .collect();
+            assert!(Settings::from_values(&values)
+                .unwrap_err()
+                .contains("chmod 600"));
+            let allowed: Vec<String> = OPTIONS
+                .iter()
+                .zip(values)
+                .map(|(o, v)| match o.name {
+                    "allow_readable_passwd_file" => "yes".to_owned(),
+                    _ => v,
+                })
+                .collect();
+            let s = Settings::from_values(&allowed).unwrap();
+            assert_eq!(s.service_password().unwrap().unwrap().expose(), b"s3cret");
+        }
 
         fs::write(&file, "\n").unwrap();
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{read_password_file, AuthMode, Settings};
+use crate::config::{AuthMode, Settings};
 use crate::escape;
 use crate::health::Health;
 use crate::ldap::{Connection, LdapError, ResultCode, Scope, Timeouts};
@@ -227,6 +227,10 @@ pub struct Answer {
     pub outcome: Outcome,
     /// Group DNs, when the request asked for them and the login succeeded.
     pub groups: Vec<String>,
+    /// The server that gave the answer, by index into `Settings::servers`.
+    pub server: Option<usize>,
+    /// The DN the user was bound as, when the directory was asked.
+    pub dn: Option<String>,
 }
 
 impl From<Outcome> for Answer {
@@ -234,6 +238,8 @@ impl From<Outcome> for Answer {
         Answer {
             outcome,
             groups: Vec::new(),
+            server: None,
+            dn: None,
         }
     }
 }
@@ -243,6 +249,29 @@ struct Pooled {
     server: usize,
     conn: Connection,
     last_used: Instant,
+    _open: OpenConnection,
+}
+
+/// Counts a connection in its server's `open_connections` for as long as it lives.
+struct OpenConnection {
+    generation: Arc<Generation>,
+    server: usize,
+}
+
+impl OpenConnection {
+    fn new(generation: &Arc<Generation>, server: usize) -> OpenConnection {
+        generation.health.connection_opened(server);
+        OpenConnection {
+            generation: Arc::clone(generation),
+            server,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.generation.health.connection_closed(self.server);
+    }
 }
 
 type Slot = Option<Pooled>;
@@ -251,16 +280,28 @@ type Slot = Option<Pooled>;
 struct Target<'a> {
     server: usize,
     url: &'a str,
+    generation: &'a Arc<Generation>,
     settings: &'a Settings,
     timeouts: Timeouts,
+}
+
+impl Target<'_> {
+    /// Notes a failure of the server itself (not a refused user) for INFO.
+    fn record_error(&self, e: &LdapError) {
+        self.generation.health.record_error(self.server, e);
+    }
 }
 
 /// What trying one server gave: a final outcome, or a transport failure that sends the AUTH on
 /// to the next server.
 enum Attempt {
-    /// Allowed, with the user's groups when they were asked for.
-    Allowed(Vec<String>),
-    Final(Outcome),
+    /// Allowed, with the user's DN and groups (when they were asked for).
+    Allowed {
+        dn: String,
+        groups: Vec<String>,
+    },
+    /// The bind was refused, or never tried (no DN found).
+    Final(Outcome, Option<String>),
     NextServer(Outcome),
 }
 
@@ -299,15 +340,24 @@ impl Engine {
             let target = Target {
                 server,
                 url,
+                generation,
                 settings,
                 timeouts,
             };
             match self.try_server(&target, request) {
-                Attempt::Final(outcome) => return Answer::from(outcome),
-                Attempt::Allowed(groups) => {
+                Attempt::Final(outcome, dn) => {
+                    return Answer {
+                        server: Some(server),
+                        dn,
+                        ..Answer::from(outcome)
+                    }
+                }
+                Attempt::Allowed { dn, groups } => {
                     return Answer {
                         outcome: Outcome::Allowed,
                         groups,
+                        server: Some(server),
+                        dn: Some(dn),
                     }
                 }
                 Attempt::NextServer(why) => {
@@ -350,15 +400,22 @@ impl Engine {
         match bind {
             Ok(()) if request.wants_groups => {
                 match self.find_groups(target, &dn, request.username()) {
-                    Ok(groups) => Attempt::Allowed(groups),
+                    Ok(groups) => Attempt::Allowed { dn, groups },
                     Err(e) => {
                         log::warn!("valkeyauth: group lookup on {} failed: {e}", target.url);
-                        Attempt::Final(Outcome::DirectoryError)
+                        target.record_error(&e);
+                        Attempt::Final(Outcome::DirectoryError, Some(dn))
                     }
                 }
             }
-            Ok(()) => Attempt::Allowed(Vec::new()),
-            Err(e) => bind_failure(target.url, &e),
+            Ok(()) => Attempt::Allowed {
+                dn,
+                groups: Vec::new(),
+            },
+            Err(e) => match bind_failure(target, &e) {
+                Attempt::Final(outcome, _) => Attempt::Final(outcome, Some(dn)),
+                other => other,
+            },
         }
     }
 
@@ -444,15 +501,16 @@ impl Engine {
         });
         match found {
             Ok(mut dns) if dns.len() == 1 => Ok(dns.swap_remove(0)),
-            Ok(dns) if dns.is_empty() => Err(Attempt::Final(Outcome::UnknownUser)),
+            Ok(dns) if dns.is_empty() => Err(Attempt::Final(Outcome::UnknownUser, None)),
             Ok(_) => {
                 log::warn!("valkeyauth: more than one entry matches username {username:?}; denied as ambiguous");
-                Err(Attempt::Final(Outcome::AmbiguousUser))
+                Err(Attempt::Final(Outcome::AmbiguousUser, None))
             }
             Err(e) if e.is_transport() => Err(next_server(target.url, &e)),
             Err(e) => {
                 log::warn!("valkeyauth: user search on {} failed: {e}", target.url);
-                Err(Attempt::Final(Outcome::DirectoryError))
+                target.record_error(&e);
+                Err(Attempt::Final(Outcome::DirectoryError, None))
             }
         }
     }
@@ -474,7 +532,7 @@ fn run<T>(
         slot.take_if(|p| p.server == target.server && p.last_used.elapsed() < max_idle)
     {
         pooled.conn.set_timeouts(&target.timeouts)?;
-        match op(&mut pooled.conn) {
+        match timed(target, || op(&mut pooled.conn)) {
             Err(e) if e.is_transport() && !e.is_timeout() => {}
             Err(e) if e.is_transport() => return Err(e),
             result => {
@@ -486,31 +544,49 @@ fn run<T>(
     }
     // Whatever the slot held is closed here, before a new connection opens.
     *slot = None;
-    let mut conn = Connection::open(target.url, &target.timeouts, &target.settings.tls)?;
-    prepare(&mut conn, target.settings)?;
-    let result = op(&mut conn);
+    let mut conn = Connection::open(target.url, &target.timeouts, &target.settings.tls)
+        .inspect_err(|e| target.record_error(e))?;
+    let open = OpenConnection::new(target.generation, target.server);
+    prepare(&mut conn, target.settings).inspect_err(|e| target.record_error(e))?;
+    let result = timed(target, || op(&mut conn));
     if !matches!(&result, Err(e) if e.is_transport()) {
         *slot = Some(Pooled {
             server: target.server,
             conn,
             last_used: Instant::now(),
+            _open: open,
         });
+    }
+    result
+}
+
+/// Runs one request, keeping its round-trip time (or its transport failure) for INFO.
+fn timed<T>(target: &Target, op: impl FnOnce() -> Result<T, LdapError>) -> Result<T, LdapError> {
+    let started = Instant::now();
+    let result = op();
+    match &result {
+        Err(e) if e.is_transport() => target.record_error(e),
+        _ => target
+            .generation
+            .health
+            .record_rtt(target.server, started.elapsed()),
     }
     result
 }
 
 /// Binds a fresh search connection as the service account; with no account, searches run
 /// anonymously.
-fn bind_service(conn: &mut Connection, settings: &Settings) -> Result<(), LdapError> {
-    let (Some(file), false) = (
-        &settings.search_bind_passwd_file,
-        settings.search_bind_dn.is_empty(),
-    ) else {
+pub fn bind_service(conn: &mut Connection, settings: &Settings) -> Result<(), LdapError> {
+    if settings.search_bind_dn.is_empty() {
+        return Ok(());
+    }
+    // Not a transport error: another server would not make the file readable.
+    let password = settings
+        .service_password()
+        .map_err(|e| LdapError::new(ResultCode::PARAM_ERROR, e))?;
+    let Some(password) = password else {
         return Ok(());
     };
-    // Not a transport error: another server would not make the file readable.
-    let password =
-        read_password_file(file).map_err(|e| LdapError::new(ResultCode::PARAM_ERROR, e))?;
     conn.simple_bind(&settings.search_bind_dn, password.expose())
 }
 
@@ -528,27 +604,27 @@ pub fn probe(settings: &Settings, url: &str) -> Result<(), LdapError> {
     }
 }
 
-fn bind_failure(url: &str, e: &LdapError) -> Attempt {
+fn bind_failure(target: &Target, e: &LdapError) -> Attempt {
     if e.is_transport() {
-        return next_server(url, e);
+        return next_server(target.url, e);
     }
     if let Some(outcome) = active_directory_reason(&e.diagnostic) {
-        return Attempt::Final(outcome);
+        return Attempt::Final(outcome, None);
     }
-    match e.code {
+    let outcome = match e.code {
         // The server refuses this account with this password.
         ResultCode::INVALID_CREDENTIALS
         | ResultCode::INAPPROPRIATE_AUTH
         | ResultCode::INSUFFICIENT_ACCESS
-        | ResultCode::UNWILLING_TO_PERFORM => Attempt::Final(Outcome::BadCredentials),
-        ResultCode::NO_SUCH_OBJECT | ResultCode::INVALID_DN_SYNTAX => {
-            Attempt::Final(Outcome::UnknownUser)
-        }
+        | ResultCode::UNWILLING_TO_PERFORM => Outcome::BadCredentials,
+        ResultCode::NO_SUCH_OBJECT | ResultCode::INVALID_DN_SYNTAX => Outcome::UnknownUser,
         _ => {
-            log::warn!("valkeyauth: user bind on {url} failed: {e}");
-            Attempt::Final(Outcome::DirectoryError)
+            log::warn!("valkeyauth: user bind on {} failed: {e}", target.url);
+            target.record_error(e);
+            Outcome::DirectoryError
         }
-    }
+    };
+    Attempt::Final(outcome, None)
 }
 
 /// Active Directory says why a bind failed in its diagnostic text (`... data 533, v4563`).

@@ -5,13 +5,59 @@
 //! those that answer up again, so traffic returns to a recovered higher-priority server.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::engine::{self, Generation};
+use crate::ldap::LdapError;
+
+/// What kind of trouble a server last gave, for INFO. The names are INFO values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    None,
+    Unreachable,
+    Timeout,
+    Tls,
+    /// The server answered, but not as a working directory should (an unexpected result
+    /// code, a refused service account, a failed search).
+    Directory,
+}
+
+impl ErrorClass {
+    const ALL: [ErrorClass; 5] = [
+        ErrorClass::None,
+        ErrorClass::Unreachable,
+        ErrorClass::Timeout,
+        ErrorClass::Tls,
+        ErrorClass::Directory,
+    ];
+
+    pub fn of(e: &LdapError) -> ErrorClass {
+        if e.is_tls() {
+            ErrorClass::Tls
+        } else if e.is_timeout() {
+            ErrorClass::Timeout
+        } else if e.is_transport() {
+            ErrorClass::Unreachable
+        } else {
+            ErrorClass::Directory
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::None => "none",
+            ErrorClass::Unreachable => "unreachable",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Tls => "tls",
+            ErrorClass::Directory => "directory",
+        }
+    }
+}
 
 /// The state of each configured server, by index into `Settings::servers`.
 #[derive(Debug)]
@@ -25,6 +71,10 @@ struct ServerState {
     /// Timed out on a step cut short by an AUTH's own deadline: the checker decides.
     suspect: AtomicBool,
     consecutive_failures: AtomicU64,
+    /// An [`ErrorClass`] index.
+    last_error: AtomicU8,
+    last_rtt_us: AtomicU64,
+    open_connections: AtomicU64,
 }
 
 impl Health {
@@ -63,6 +113,40 @@ impl Health {
 
     pub fn consecutive_failures(&self, server: usize) -> u64 {
         self.servers[server].consecutive_failures.load(Relaxed)
+    }
+
+    pub fn record_error(&self, server: usize, e: &LdapError) {
+        self.servers[server]
+            .last_error
+            .store(ErrorClass::of(e) as u8, Relaxed);
+    }
+
+    pub fn last_error(&self, server: usize) -> ErrorClass {
+        let index = self.servers[server].last_error.load(Relaxed);
+        ErrorClass::ALL[usize::from(index)]
+    }
+
+    /// The time one request to the server took, last time one was answered.
+    pub fn record_rtt(&self, server: usize, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.servers[server].last_rtt_us.store(us, Relaxed);
+    }
+
+    pub fn last_rtt(&self, server: usize) -> Duration {
+        Duration::from_micros(self.servers[server].last_rtt_us.load(Relaxed))
+    }
+
+    pub fn connection_opened(&self, server: usize) {
+        self.servers[server].open_connections.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self, server: usize) {
+        self.servers[server].open_connections.fetch_sub(1, Relaxed);
+    }
+
+    /// Connections that workers hold open to the server for this configuration.
+    pub fn open_connections(&self, server: usize) -> u64 {
+        self.servers[server].open_connections.load(Relaxed)
     }
 
     /// Servers to probe: those marked down, and those under suspicion.
@@ -136,6 +220,7 @@ fn probe_down_servers(generation: &Generation) {
                 generation.health.mark_up(index);
             }
             Err(e) => {
+                generation.health.record_error(index, &e);
                 generation.health.mark_down(index);
                 log::debug!("valkeyauth: directory server {url} is still down: {e}");
             }

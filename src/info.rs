@@ -1,4 +1,7 @@
-//! `INFO valkeyauth`: outcome counters, queue depth and pool size.
+//! `INFO valkeyauth`: outcome counters, directory latency, queue and workers, and the state
+//! of each server. Every field is an atomic read: INFO never waits on a worker.
+
+use std::time::Duration;
 
 use valkey_module::{InfoContext, ValkeyResult};
 
@@ -10,6 +13,13 @@ pub fn section(ctx: &InfoContext, for_crash_report: bool) -> ValkeyResult<()> {
     for (name, value) in STATS.fields() {
         section = section.field(name, value)?;
     }
+    let latency = &STATS.latency;
+    section = section
+        .field("latency_count", latency.count())?
+        .field("latency_p50_ms", ms(latency.percentile(50)))?
+        .field("latency_p90_ms", ms(latency.percentile(90)))?
+        .field("latency_p99_ms", ms(latency.percentile(99)))?
+        .field("latency_max_ms", ms(latency.max()))?;
     // A crash report may run while the lock is held; it then shows no pool fields.
     let runtime = if for_crash_report {
         RUNTIME.try_lock()
@@ -22,7 +32,9 @@ pub fn section(ctx: &InfoContext, for_crash_report: bool) -> ValkeyResult<()> {
             .field("active", u64::from(settings.is_active()))?
             .field("servers", settings.servers.len() as u64)?
             .field("workers", runtime.pool.threads() as u64)?
+            .field("busy_workers", runtime.pool.busy() as u64)?
             .field("queue_depth", runtime.pool.queued() as u64)?
+            .field("queue_depth_peak", runtime.pool.queue_peak() as u64)?
             .field("max_pending", runtime.pool.capacity() as u64)?
             .field("cache_entries", runtime.cache.entries() as u64)?
             .field("cache_evictions", runtime.cache.evictions)?;
@@ -36,12 +48,20 @@ pub fn section(ctx: &InfoContext, for_crash_report: bool) -> ValkeyResult<()> {
             section = section.field(
                 &format!("server{index}"),
                 format!(
-                    "url={url},state={state},consecutive_failures={}",
-                    health.consecutive_failures(index)
+                    "url={url},state={state},consecutive_failures={},last_error={},last_rtt_ms={},open_connections={}",
+                    health.consecutive_failures(index),
+                    health.last_error(index).name(),
+                    ms(health.last_rtt(index)),
+                    health.open_connections(index),
                 ),
             )?;
         }
     }
     section.build_section()?.build_info()?;
     Ok(())
+}
+
+/// Milliseconds with microsecond precision, as INFO shows times.
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
 }

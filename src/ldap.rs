@@ -518,6 +518,33 @@ impl Drop for Message {
     }
 }
 
+/// An X.509 Name (DER, e.g. a certificate's subject) as an RFC 4514 string.
+pub fn x509_name_to_string(name: &[u8]) -> Option<String> {
+    let mut input = sys::berval {
+        bv_len: sys::ber_len_t::try_from(name.len()).ok()?,
+        bv_val: name.as_ptr().cast_mut().cast(),
+    };
+    let mut out = sys::berval {
+        bv_len: 0,
+        bv_val: ptr::null_mut(),
+    };
+    // SAFETY: `input` describes `name`, which libldap only reads during the call; on success
+    // it allocates `out.bv_val` (NUL-terminated), which `LdapMem` frees.
+    let status = unsafe {
+        sys::ldap_X509dn2bv(
+            (&raw mut input).cast(),
+            &raw mut out,
+            ptr::null_mut(),
+            sys::LDAP_DN_FORMAT_LDAPV3,
+        )
+    };
+    let owned = LdapMem { ptr: out.bv_val };
+    if status != sys::LDAP_SUCCESS || owned.ptr.is_null() {
+        return None;
+    }
+    String::from_utf8(owned.to_bytes()).ok()
+}
+
 // ---------------------------------------------------------------------------
 // Global initialisation
 // ---------------------------------------------------------------------------
@@ -1553,6 +1580,27 @@ impl Connection {
     }
 
     /// The default connection has a TLS layer.
+    /// The server certificate this connection's TLS layer received (DER), or None without TLS.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        let mut der = sys::berval {
+            bv_len: 0,
+            bv_val: ptr::null_mut(),
+        };
+        // SAFETY: `self.ld` is our live handle; for this option libldap writes a berval whose
+        // `bv_val` it allocated, which `LdapMem` frees.
+        let status = unsafe {
+            sys::ldap_get_option(self.ld, sys::LDAP_OPT_X_TLS_PEERCERT, (&raw mut der).cast())
+        };
+        let owned = LdapMem { ptr: der.bv_val };
+        if status != sys::LDAP_OPT_SUCCESS || owned.ptr.is_null() {
+            return None;
+        }
+        let len = usize::try_from(der.bv_len).ok()?;
+        // SAFETY: libldap wrote `bv_len` bytes at `bv_val`, alive until `owned` drops.
+        let bytes = unsafe { std::slice::from_raw_parts(owned.ptr.cast::<u8>(), len) };
+        Some(bytes.to_vec())
+    }
+
     fn tls_in_place(&self) -> bool {
         // SAFETY: `self.ld` is our live handle; ldap_tls_inplace only reads it.
         unsafe { sys::ldap_tls_inplace(self.ld) != 0 }

@@ -5,8 +5,10 @@
 //! its own directory connections ([`engine`]) through our own libldap layer ([`ldap`],
 //! [`openldap_sys`]). Options are declared once in [`config`].
 
+pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod check;
 pub mod commands;
 pub mod config;
 pub mod engine;
@@ -23,6 +25,7 @@ pub mod secret;
 pub mod stats;
 pub mod valkey_config;
 pub mod valkey_log;
+pub mod x509;
 
 use auth::on_auth;
 use valkey_module::{valkey_module, Context, InfoContext, Status, ValkeyResult, ValkeyString};
@@ -46,7 +49,13 @@ fn init(ctx: &Context, args: &[ValkeyString]) -> Status {
     stats::STATS.reset();
     // The crate ignores the command table's categories below its Valkey 8.0 feature; without
     // them a user with -@admin could empty the lockout shield.
-    for command in [c"valkeyauth.cache", c"valkeyauth.users"] {
+    for command in [
+        c"valkeyauth.cache",
+        c"valkeyauth.users",
+        c"valkeyauth.check",
+        c"valkeyauth.audit",
+        c"valkeyauth.reload",
+    ] {
         if ctx.set_acl_category(command.as_ptr(), c"admin dangerous".as_ptr()) == Status::Err {
             log::error!("valkeyauth: not loading: cannot put {command:?} in @admin");
             return Status::Err;
@@ -94,5 +103,11 @@ valkey_module! {
         ["valkeyauth.cache", commands::cache, "admin deny-script", 0, 0, 0],
         // VALKEYAUTH.USERS
         ["valkeyauth.users", commands::users, "admin deny-script", 0, 0, 0],
+        // VALKEYAUTH.CHECK [username password]
+        ["valkeyauth.check", commands::check, "admin deny-script", 0, 0, 0],
+        // VALKEYAUTH.AUDIT REOPEN
+        ["valkeyauth.audit", commands::audit, "admin deny-script", 0, 0, 0],
+        // VALKEYAUTH.RELOAD
+        ["valkeyauth.reload", commands::reload, "admin deny-script", 0, 0, 0],
     ],
 }

@@ -14,7 +14,7 @@
 // Names follow the C headers.
 #![allow(non_camel_case_types, clippy::upper_case_acronyms)]
 
-use std::ffi::{c_char, c_int, c_long, c_ulong, c_void};
+use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
 
 // ---------------------------------------------------------------------------
 // <sys/time.h>
@@ -112,6 +112,9 @@ pub const LDAP_OPT_X_TLS_CACERT: c_int = 0x6016;
 pub const LDAP_OPT_X_TLS_CERT: c_int = 0x6017;
 pub const LDAP_OPT_X_TLS_KEY: c_int = 0x6018;
 pub const LDAP_OPT_X_TLS_PEERKEY_HASH: c_int = 0x6019;
+/// Read-only: the server certificate of the default connection, DER, in a `berval` whose
+/// `bv_val` the caller frees with `ldap_memfree`.
+pub const LDAP_OPT_X_TLS_PEERCERT: c_int = 0x6015;
 pub const LDAP_OPT_X_TLS_REQUIRE_SAN: c_int = 0x601a;
 pub const LDAP_OPT_X_TLS_PROTOCOL_MAX: c_int = 0x601b;
 
@@ -132,6 +135,9 @@ pub const LDAP_OPT_X_TLS_PROTOCOL_TLS1_3: c_int = (3 << 8) + 4;
 pub const LDAP_OPT_SUCCESS: c_int = 0;
 /// `LDAP_OPT_OFF`: boolean options are switched off by a NULL `invalue`.
 pub const LDAP_OPT_OFF: *const c_void = std::ptr::null();
+
+/// `ldap_X509dn2bv` flags: an RFC 4514 string.
+pub const LDAP_DN_FORMAT_LDAPV3: c_uint = 0x0010;
 
 // Search scopes.
 pub const LDAP_SCOPE_BASE: c_int = 0x0000;
@@ -228,6 +234,14 @@ extern "C" {
 
     // getdn.c
     pub fn ldap_get_dn(ld: *mut LDAP, entry: *mut LDAPMessage) -> *mut c_char;
+    /// Turns a DER X.509 Name (`x509_name` points at a `berval` holding it) into a string DN
+    /// in `dn`, whose `bv_val` the caller frees with `ldap_memfree`.
+    pub fn ldap_X509dn2bv(
+        x509_name: *mut c_void,
+        dn: *mut berval,
+        func: *mut c_void,
+        flags: c_uint,
+    ) -> c_int;
 
     // getvalues.c
     pub fn ldap_get_values_len(

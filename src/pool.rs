@@ -5,6 +5,8 @@
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -16,6 +18,10 @@ pub struct Pool<J: Send + 'static> {
     receiver: Receiver<J>,
     workers: Vec<JoinHandle<()>>,
     capacity: usize,
+    /// Workers running a job now.
+    busy: Arc<AtomicUsize>,
+    /// The longest the queue has been since the pool started.
+    peak: AtomicUsize,
 }
 
 impl<J: Send + 'static> Pool<J> {
@@ -40,14 +46,17 @@ impl<J: Send + 'static> Pool<J> {
             receiver: receiver.clone(),
             workers: Vec::with_capacity(threads),
             capacity,
+            busy: Arc::default(),
+            peak: AtomicUsize::new(0),
         };
         for index in 0..threads {
             let rx = receiver.clone();
             let make_state = make_state.clone();
             let handle = handle.clone();
+            let busy = Arc::clone(&pool.busy);
             let worker = thread::Builder::new()
                 .name(format!("valkeyauth-{index}"))
-                .spawn(move || work(rx, make_state, handle))?;
+                .spawn(move || work(rx, &busy, make_state, handle))?;
             pool.workers.push(worker);
         }
         Ok(pool)
@@ -60,7 +69,17 @@ impl<J: Send + 'static> Pool<J> {
         };
         sender.try_send(job).map_err(|e| match e {
             TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
-        })
+        })?;
+        self.peak.fetch_max(self.receiver.len(), Relaxed);
+        Ok(())
+    }
+
+    pub fn busy(&self) -> usize {
+        self.busy.load(Relaxed)
+    }
+
+    pub fn queue_peak(&self) -> usize {
+        self.peak.load(Relaxed)
     }
 
     pub fn is_full(&self) -> bool {
@@ -101,14 +120,16 @@ impl<J: Send + 'static> Drop for Pool<J> {
     }
 }
 
-fn work<J, S, M, H>(jobs: Receiver<J>, make_state: M, handle: H)
+fn work<J, S, M, H>(jobs: Receiver<J>, busy: &AtomicUsize, make_state: M, handle: H)
 where
     M: Fn() -> S,
     H: Fn(&mut S, J),
 {
     let mut state = make_state();
     for job in jobs {
+        busy.fetch_add(1, Relaxed);
         let result = catch_unwind(AssertUnwindSafe(|| handle(&mut state, job)));
+        busy.fetch_sub(1, Relaxed);
         if result.is_err() {
             log::warn!(
                 "valkeyauth: a worker recovered from an internal error; its connections are reset"

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use valkey_module::BlockedClient;
 
+use crate::audit::{Auditor, Sink};
 use crate::auth::{self, Job, Verdict};
 use crate::cache::{Cache, Fingerprint};
+use crate::commands::CheckJob;
 use crate::config::{Settings, TLS_NEVER_WARNING};
 use crate::engine::{Engine, Generation};
 use crate::health::Checker;
@@ -26,22 +28,37 @@ pub struct Runtime {
     /// AUTHs waiting for an identical one already on its way to the directory, by fingerprint
     /// of that one. They get its verdict when it comes back.
     pub waiting: HashMap<Fingerprint, Vec<BlockedClient<Verdict>>>,
-    pub pool: Pool<Job>,
+    pub pool: Pool<Task>,
     /// Pools replaced by a `workers` or `max_pending` change. They finish their queued jobs
     /// and are joined once their threads have left, so the main thread never waits on them.
-    retired: Vec<Pool<Job>>,
+    retired: Vec<Pool<Task>>,
     checker: Checker,
+    pub auditor: Auditor,
 }
 
 /// Global because Valkey's auth, config and INFO callbacks carry no pointer of ours.
 pub static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
-fn start_pool(settings: &Settings) -> std::io::Result<Pool<Job>> {
+/// What the workers do.
+pub enum Task {
+    Auth(Job),
+    /// `VALKEYAUTH.CHECK`, which must not take the main thread's time either.
+    Check(CheckJob),
+}
+
+fn work(engine: &mut Engine, task: Task) {
+    match task {
+        Task::Auth(job) => auth::work(engine, job),
+        Task::Check(job) => job.run(engine),
+    }
+}
+
+fn start_pool(settings: &Settings) -> std::io::Result<Pool<Task>> {
     Pool::start(
         settings.workers,
         settings.max_pending,
         Engine::default,
-        auth::work,
+        work,
     )
 }
 
@@ -58,6 +75,8 @@ pub fn start(settings: Settings) -> std::io::Result<()> {
     let cache = Cache::new(settings.cache)?;
     let generation = Arc::new(Generation::new(settings));
     let checker = Checker::start(Arc::clone(&generation))?;
+    let auditor = Auditor::start()?;
+    auditor.open(audit_file(&generation.settings));
     *RUNTIME.lock() = Some(Runtime {
         generation,
         cache,
@@ -66,6 +85,7 @@ pub fn start(settings: Settings) -> std::io::Result<()> {
         pool,
         retired: Vec::new(),
         checker,
+        auditor,
     });
     Ok(())
 }
@@ -91,6 +111,9 @@ pub fn reconfigure(mut settings: Settings) -> std::io::Result<()> {
         // ~18 ms and some memory that libldap never gives back.
         settings.tls.context = old.tls.context.clone();
     }
+    if audit_file(&settings) != audit_file(old) {
+        runtime.auditor.open(audit_file(&settings));
+    }
     runtime.cache.set_limits(settings.cache);
     if !settings.same_answers_as(&runtime.generation.settings) {
         runtime.cache.clear();
@@ -98,6 +121,13 @@ pub fn reconfigure(mut settings: Settings) -> std::io::Result<()> {
     runtime.generation = Arc::new(Generation::new(settings));
     runtime.checker.update(Arc::clone(&runtime.generation));
     Ok(())
+}
+
+/// The file the audit trail goes to, if it goes to one.
+pub fn audit_file(settings: &Settings) -> Option<&std::path::Path> {
+    (settings.audit == Sink::File)
+        .then_some(settings.audit_file.as_deref())
+        .flatten()
 }
 
 /// Closes every channel and joins every thread: after unload, none of our code may run.

@@ -108,7 +108,7 @@ fn defaults_with_args(args: &[ValkeyString]) -> Result<Vec<String>, String> {
 }
 
 /// The snapshot of the values stored now.
-fn current() -> Result<Settings, String> {
+pub fn current() -> Result<Settings, String> {
     let texts: Vec<String> = VALUES.lock().0.iter().map(|v| v.text.clone()).collect();
     Settings::from_values(&texts)
 }

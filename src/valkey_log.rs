@@ -14,38 +14,82 @@ struct ValkeyLog;
 
 static LOGGER: ValkeyLog = ValkeyLog;
 
-/// At most this many lines a second reach the log. Failing AUTHs can each log a line, and a
-/// flood of them must not fill the disk; what is dropped is counted and reported.
-const LINES_PER_SECOND: u64 = 20;
+/// A cap on lines a second. Failing AUTHs can each log a line, and a flood of them must not
+/// fill the disk; what is dropped is counted and reported.
+struct RateLimit {
+    what: &'static str,
+    per_second: u64,
+    /// The current one-second window, the lines logged in it, and the lines dropped since the
+    /// last report. Approximate under races, which is all a rate limit needs.
+    window: AtomicU64,
+    lines: AtomicU64,
+    dropped: AtomicU64,
+}
 
-/// The current one-second window, the lines logged in it, and the lines dropped since the last
-/// report. Approximate under races, which is all a rate limit needs.
-static WINDOW: AtomicU64 = AtomicU64::new(0);
-static LINES: AtomicU64 = AtomicU64::new(0);
-static DROPPED: AtomicU64 = AtomicU64::new(0);
-
-/// Whether a line may be written now; reports the lines dropped in earlier windows.
-fn admit() -> bool {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let window = WINDOW.load(Relaxed);
-    if now != window
-        && WINDOW
-            .compare_exchange(window, now, Relaxed, Relaxed)
-            .is_ok()
-    {
-        LINES.store(0, Relaxed);
-        let dropped = DROPPED.swap(0, Relaxed);
-        if dropped > 0 {
-            write(c"warning", &format!("valkeyauth: {dropped} log lines were dropped (over {LINES_PER_SECOND} a second)"));
+impl RateLimit {
+    const fn new(what: &'static str, per_second: u64) -> RateLimit {
+        RateLimit {
+            what,
+            per_second,
+            window: AtomicU64::new(0),
+            lines: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
-    if LINES.fetch_add(1, Relaxed) < LINES_PER_SECOND {
-        return true;
+
+    /// Whether a line may be written now; reports the lines dropped in earlier windows.
+    fn admit(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let window = self.window.load(Relaxed);
+        if now != window
+            && self
+                .window
+                .compare_exchange(window, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.lines.store(0, Relaxed);
+            let dropped = self.dropped.swap(0, Relaxed);
+            if dropped > 0 {
+                write(
+                    c"warning",
+                    &format!(
+                        "valkeyauth: {dropped} {} were dropped (over {} a second)",
+                        self.what, self.per_second
+                    ),
+                );
+            }
+        }
+        if self.lines.fetch_add(1, Relaxed) < self.per_second {
+            return true;
+        }
+        self.dropped.fetch_add(1, Relaxed);
+        false
     }
-    DROPPED.fetch_add(1, Relaxed);
-    false
+}
+
+/// Each kind of line has its own budget, so that a storm of one kind (allowed logins,
+/// say) cannot silence another (denials, or a server going down).
+static GENERAL: RateLimit = RateLimit::new("log lines", 20);
+static AUDIT_ALLOWED: RateLimit = RateLimit::new("audit lines of allowed logins", 100);
+static AUDIT_REFUSED: RateLimit = RateLimit::new("audit lines of refused logins", 100);
+
+/// Which audit lines: allowed logins go to the verbose level, the rest to notice.
+pub enum AuditLevel {
+    Allowed,
+    Refused,
+}
+
+/// Writes an audit record to the Valkey log. The file sink, not this one, keeps every record.
+pub fn audit(level: AuditLevel, text: &str) {
+    let (limit, level) = match level {
+        AuditLevel::Allowed => (&AUDIT_ALLOWED, c"verbose"),
+        AuditLevel::Refused => (&AUDIT_REFUSED, c"notice"),
+    };
+    if limit.admit() {
+        write(level, text);
+    }
 }
 
 fn write(level: &CStr, text: &str) {
@@ -88,7 +132,7 @@ impl log::Log for ValkeyLog {
             Level::Info => c"notice",
             Level::Debug | Level::Trace => c"verbose",
         };
-        if admit() {
+        if GENERAL.admit() {
             write(level, &record.args().to_string());
         }
     }
