@@ -132,13 +132,38 @@ impl Settings {
 
     /// Builds a snapshot from one value per entry of [`OPTIONS`], in order.
     pub fn from_values<S: AsRef<str>>(values: &[S]) -> Result<Settings, String> {
+        let settings = Settings::parse(values)?;
+        settings.check_combination()?;
+        Ok(settings)
+    }
+
+    /// [`Settings::from_values`] without the checks that span options.
+    fn parse<S: AsRef<str>>(values: &[S]) -> Result<Settings, String> {
         let mut settings = Settings::blank();
         for (spec, value) in OPTIONS.iter().zip(values) {
             spec.apply(&mut settings, value.as_ref())
                 .map_err(|e| format!("{}: {e}", spec.name))?;
         }
-        settings.check_combination()?;
         Ok(settings)
+    }
+
+    /// Checks the service password file as it would be read if `value` replaced the option at
+    /// `index` in `values`: the file's rules depend on two options, and a bad one must be
+    /// refused when it is set, not later when a worker binds.
+    pub fn check_password_file<S: AsRef<str>>(
+        values: &[S],
+        index: usize,
+        value: &str,
+    ) -> Result<(), String> {
+        if !matches!(
+            OPTIONS[index].name,
+            "search_bind_passwd_file" | "allow_readable_passwd_file"
+        ) {
+            return Ok(());
+        }
+        let mut candidate: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+        candidate[index] = value;
+        Settings::parse(&candidate)?.service_password().map(drop)
     }
 
     /// Checks what depends on more than one option.

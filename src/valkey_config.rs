@@ -101,6 +101,7 @@ fn defaults_with_args(args: &[ValkeyString]) -> Result<Vec<String>, String> {
             .ok_or_else(|| format!("unknown module argument '{}'", name.escape_debug()))?;
         let value = std::str::from_utf8(pair[1].as_slice())
             .map_err(|_| format!("{name}: must be UTF-8 text"))?;
+        // The password file is checked against every argument together, by `current`.
         check(index, value).map_err(|e| format!("{name}: {e}"))?;
         defaults[index] = value.to_owned();
     }
@@ -124,6 +125,8 @@ fn store(index: usize, shown: *mut raw::RedisModuleString) -> Result<(), String>
     let bytes = ValkeyString::string_as_slice(shown);
     let text = std::str::from_utf8(bytes).map_err(|_| "must be UTF-8 text".to_owned())?;
     check(index, text)?;
+    let texts: Vec<String> = VALUES.lock().0.iter().map(|v| v.text.clone()).collect();
+    Settings::check_password_file(&texts, index, text)?;
     // SAFETY: `shown` is the live string Valkey passed to the set callback; retaining it makes
     // it ours until we free it.
     unsafe { raw::RedisModule_RetainString.ok_or("no RetainString API")?(ptr::null_mut(), shown) };

@@ -99,7 +99,7 @@ fn everything_visible(v: &Valkey) -> String {
 #[test]
 fn config_get_shows_every_readme_option_with_its_default() {
     let options = readme_options();
-    assert_eq!(options.len(), 38, "README option table: {options:?}");
+    assert_eq!(options.len(), 41, "README option table: {options:?}");
     let v = Valkey::builder().module([] as [&str; 0]).start();
     let mut c = v.raw();
     let all = c.call(&[b"CONFIG", b"GET", b"valkeyauth.*"]);
@@ -202,6 +202,11 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (open_pw.into_bytes(), "chmod 600"),
                 (empty_pw.into_bytes(), "empty password"),
             ],
+        ),
+        (
+            "allow_readable_passwd_file",
+            "no".into(),
+            vec![(b"maybe".to_vec(), "must be one of: no, yes")],
         ),
         (
             "workers",
@@ -389,6 +394,16 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 b"foo".to_vec(),
                 "must be one of: never, unavailable, always",
             )],
+        ),
+        (
+            "audit",
+            "off".into(),
+            vec![(b"syslog".to_vec(), "must be one of: off, log, file")],
+        ),
+        (
+            "audit_file",
+            "/var/log/valkey/audit.jsonl".into(),
+            vec![(b"/var/log/\x07.jsonl".to_vec(), "control characters")],
         ),
     ];
     let names: Vec<String> = readme_options().into_iter().map(|(n, _)| n).collect();
