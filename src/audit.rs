@@ -34,7 +34,7 @@ const QUEUE: usize = 65_536;
 
 /// One decision. Never holds a password.
 pub struct Record<'a> {
-    pub client: &'a str,
+    pub client: String,
     pub client_id: u64,
     pub username: &'a [u8],
     pub outcome: Outcome,
@@ -63,7 +63,7 @@ impl Record<'_> {
         out.push_str("{\"time\":\"");
         out.push_str(&rfc3339(now));
         out.push_str("\",\"client\":");
-        json_string(&mut out, self.client);
+        json_string(&mut out, &self.client);
         let _ = write!(out, ",\"client_id\":{},\"user\":", self.client_id);
         json_string(&mut out, &String::from_utf8_lossy(self.username));
         let _ = write!(
@@ -89,7 +89,7 @@ impl Record<'_> {
     /// The same record as one Valkey log line.
     fn log_line(&self) -> String {
         let mut out = String::from("valkeyauth: audit client=");
-        out.push_str(self.client);
+        out.push_str(&self.client);
         out.push_str(" user=");
         json_string(&mut out, &String::from_utf8_lossy(self.username));
         let _ = write!(
@@ -183,16 +183,19 @@ impl Auditor {
         })
     }
 
-    /// Records a decision in the sink; never waits.
-    pub fn record(&self, sink: Sink, record: &Record) {
+    /// Records a decision in the sink; never waits. The record is made only when it will be
+    /// written: past the log's rate limit, a login costs no formatting.
+    pub fn record<'a>(&self, sink: Sink, outcome: Outcome, make: impl FnOnce() -> Record<'a>) {
+        let level = if outcome == Outcome::Allowed {
+            valkey_log::AuditLevel::Allowed
+        } else {
+            valkey_log::AuditLevel::Refused
+        };
         match sink {
             Sink::Off => {}
-            Sink::Log if record.outcome == Outcome::Allowed => {
-                valkey_log::audit(valkey_log::AuditLevel::Allowed, &record.log_line())
-            }
-            Sink::Log => valkey_log::audit(valkey_log::AuditLevel::Refused, &record.log_line()),
+            Sink::Log => valkey_log::audit(level, || make().log_line()),
             Sink::File => {
-                let mut line = record.json(SystemTime::now());
+                let mut line = make().json(SystemTime::now());
                 line.push('\n');
                 self.send(Message::Line(line));
             }
@@ -339,7 +342,7 @@ mod tests {
     #[test]
     fn a_record_is_one_escaped_json_line_without_a_password() {
         let record = Record {
-            client: "127.0.0.1:5000",
+            client: "127.0.0.1:5000".to_owned(),
             client_id: 7,
             username: b"al\"ice\r\n{\x00\xff",
             outcome: Outcome::AccountLocked,

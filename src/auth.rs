@@ -524,20 +524,20 @@ fn audit(
     if sink == Sink::Off {
         return;
     }
-    let client_id = ctx.get_client_id();
-    runtime.auditor.record(
-        sink,
-        &Record {
-            client: &client_address(client_id),
+    let latency = trail.started.elapsed();
+    runtime.auditor.record(sink, outcome, || {
+        let client_id = ctx.get_client_id();
+        Record {
+            client: client_address(client_id),
             client_id,
             username: username.as_slice(),
             outcome,
             server: trail.server,
-            latency: trail.started.elapsed(),
+            latency,
             cached: trail.cached,
             local_fallback,
-        },
-    );
+        }
+    });
 }
 
 /// `ip:port` of a client, as CLIENT LIST shows it.

@@ -82,13 +82,13 @@ pub enum AuditLevel {
 }
 
 /// Writes an audit record to the Valkey log. The file sink, not this one, keeps every record.
-pub fn audit(level: AuditLevel, text: &str) {
+pub fn audit(level: AuditLevel, text: impl FnOnce() -> String) {
     let (limit, level) = match level {
         AuditLevel::Allowed => (&AUDIT_ALLOWED, c"verbose"),
         AuditLevel::Refused => (&AUDIT_REFUSED, c"notice"),
     };
     if limit.admit() {
-        write(level, text);
+        write(level, &text());
     }
 }
 
