@@ -70,6 +70,29 @@ fn find(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Asserts that `so` needs libc, libldap and liblber, and nothing outside the allowed list;
+/// returns its NEEDED list.
+fn assert_needed_allowed(so: &Path) -> Vec<String> {
+    let needed = deb::needed(so);
+    for lib in &needed {
+        assert!(
+            deb::needed_is_allowed(lib),
+            "unexpected NEEDED {lib}: {needed:?}"
+        );
+    }
+    let has = |f: &dyn Fn(&str) -> bool| needed.iter().any(|n| f(n));
+    assert!(has(&|n| n == "libc.so.6"), "libc: {needed:?}");
+    assert!(
+        has(&|n| deb::is_openldap(n, "libldap")),
+        "libldap: {needed:?}"
+    );
+    assert!(
+        has(&|n| deb::is_openldap(n, "liblber")),
+        "liblber: {needed:?}"
+    );
+    needed
+}
+
 fn dpkg_status(package: &str) -> String {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
@@ -190,16 +213,7 @@ fn package_file_list_and_control_fields() {
 fn packaged_module_is_stripped_and_needs_only_libc_and_libldap() {
     let x = deb::extract(deb::package());
     let so = x.path().join(INSTALLED_MODULE.trim_start_matches('/'));
-    let needed = deb::needed(&so);
-    for lib in &needed {
-        assert!(
-            deb::ALLOWED_NEEDED.contains(&lib.as_str()),
-            "unexpected NEEDED {lib}: {needed:?}"
-        );
-    }
-    for lib in ["libldap-2.5.so.0", "liblber-2.5.so.0", "libc.so.6"] {
-        assert!(needed.iter().any(|n| n == lib), "{lib}: {needed:?}");
-    }
+    let needed = assert_needed_allowed(&so);
     eprintln!("[package] NEEDED: {needed:?}");
     let sections = deb::sections(&so);
     assert!(
@@ -214,12 +228,18 @@ fn packaged_module_is_stripped_and_needs_only_libc_and_libldap() {
 fn the_ordinary_build_needs_only_libc_and_libldap() {
     // The same list for target/release, so that a new dependency fails here first, without
     // waiting for a package build.
-    let needed = deb::needed(&module_path());
-    for lib in &needed {
-        assert!(
-            deb::ALLOWED_NEEDED.contains(&lib.as_str()),
-            "unexpected NEEDED {lib}: {needed:?}"
-        );
+    assert_needed_allowed(&module_path());
+    // The list itself: OpenLDAP under either soname, nothing that merely looks like it.
+    for lib in ["libldap.so.2", "liblber-2.5.so.0", "libgcc_s.so.1"] {
+        assert!(deb::needed_is_allowed(lib), "{lib}");
+    }
+    for lib in [
+        "libssl.so.3",
+        "libldapx.so.1",
+        "libstdc++.so.6",
+        "libsasl2.so.2",
+    ] {
+        assert!(!deb::needed_is_allowed(lib), "{lib}");
     }
 }
 

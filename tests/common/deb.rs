@@ -20,19 +20,30 @@ pub const INSTALLED_MODULE: &str = "/usr/lib/valkey/modules/valkeyauth.so";
 /// Where the package installs the sample configuration.
 pub const INSTALLED_EXAMPLE: &str = "/usr/share/doc/valkey-valkeyauth/examples/valkeyauth.conf";
 
-/// Libraries the module may need (`readelf -d`, NEEDED). glibc's libc, libm, libpthread,
-/// libdl and its dynamic loader (Rust's thread-locals call `__tls_get_addr` there), the
-/// unwinder libgcc_s, and OpenLDAP's libldap and liblber. Nothing else may creep in.
-pub const ALLOWED_NEEDED: [&str; 8] = [
+/// glibc libraries the module may need (`readelf -d`, NEEDED): libc, libm, libpthread, libdl
+/// and the dynamic loader (Rust's thread-locals call `__tls_get_addr` there), plus the unwinder
+/// libgcc_s. With OpenLDAP's libldap and liblber ([`needed_is_allowed`]), nothing else may creep
+/// in.
+pub const ALLOWED_SYSTEM_LIBS: [&str; 6] = [
     "libc.so.6",
     "libm.so.6",
     "libpthread.so.0",
     "libdl.so.2",
     "ld-linux-x86-64.so.2",
     "libgcc_s.so.1",
-    "libldap-2.5.so.0",
-    "liblber-2.5.so.0",
 ];
+
+/// Whether a NEEDED entry is allowed: glibc and libgcc_s as listed, or OpenLDAP's libldap or
+/// liblber under any soname (`libldap-2.5.so.0` on Debian 12, `libldap.so.2` with 2.6).
+pub fn needed_is_allowed(lib: &str) -> bool {
+    ALLOWED_SYSTEM_LIBS.contains(&lib) || is_openldap(lib, "libldap") || is_openldap(lib, "liblber")
+}
+
+/// `libldap.so.2`, `libldap-2.5.so.0`, not `libldapfoo.so`.
+pub fn is_openldap(lib: &str, stem: &str) -> bool {
+    lib.strip_prefix(stem)
+        .is_some_and(|rest| rest.starts_with(".so.") || rest.starts_with('-'))
+}
 
 /// `.tmp/deb/` in the repository (git-ignored).
 fn work_dir() -> PathBuf {
