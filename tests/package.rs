@@ -1,7 +1,8 @@
 //! The Debian package (slow: builds it with dpkg-buildpackage, about 3 minutes on a fresh
 //! machine, then seconds): its file list and control fields, a stripped module with only the
 //! libraries it declares, no build path anywhere, and a real install on this machine whose
-//! module and sample configuration log a directory user in to Valkey 9.1, then a purge.
+//! module and sample configuration log a directory user in to Valkey 9.1 and 8.1, then a purge
+//! (a package already installed by hand is purged too).
 
 mod common;
 
@@ -292,6 +293,16 @@ fn installed_package_logs_a_directory_user_in_and_purges_cleanly() {
         assert_eq!(login(&v, ALICE.name, "wrong").0, wrongpass());
         assert_eq!(bind_dns(&slapd).first().map(String::as_str), Some(ALICE.dn));
         assert_outcomes(&v, &[("allowed", 1), ("denied_bad_credentials", 1)]);
+
+        // The same installed module under Valkey 8.1, the other tested version.
+        let v81 = Valkey::builder()
+            .version(Version::V8_1)
+            .no_module()
+            .config(format!("include {}", conf_quote(conf.to_str().unwrap())))
+            .config("user alice on ~* +@all")
+            .start();
+        assert_eq!(login(&v81, ALICE.name, ALICE.password).0, ok());
+        assert_eq!(login(&v81, ALICE.name, "wrong").0, wrongpass());
     }
     // Purged: nothing of the package is left.
     let status = dpkg_status(PACKAGE);
