@@ -244,6 +244,7 @@ impl Drop for ChrootValkey {
 
 #[test]
 fn minbase_root_with_only_libldap_runs_the_packaged_module() {
+    deb::require_root("debootstrap and chroot");
     let suite = host_suite();
     let libldap = deb::libldap_package(&module_path());
     // The package build and debootstrap are independent: on a fresh machine, run them side

@@ -264,6 +264,7 @@ fn package_holds_no_build_path() {
 
 #[test]
 fn installed_package_logs_a_directory_user_in_and_purges_cleanly() {
+    deb::require_root("dpkg -i");
     let deb = deb::package();
     let slapd = Slapd::start_default();
     {

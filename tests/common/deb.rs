@@ -45,6 +45,20 @@ pub fn is_openldap(lib: &str, stem: &str) -> bool {
         .is_some_and(|rest| rest.starts_with(".so.") || rest.starts_with('-'))
 }
 
+/// Panics with a clear message unless the tests run as root: installing packages, debootstrap
+/// and chroot need it (CI runs as root).
+pub fn require_root(what: &str) {
+    let uid = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    assert_eq!(uid, "0", "{what} needs root");
+}
+
 /// `.tmp/deb/` in the repository (git-ignored).
 fn work_dir() -> PathBuf {
     repo_root().join(".tmp").join("deb")
