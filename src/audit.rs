@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
+use crate::config::open_regular_file;
 use crate::engine::{Class, Outcome};
+use crate::ldap::is_unsafe_for_log;
 use crate::stats::{Event, STATS};
 use crate::valkey_log;
 
@@ -113,7 +115,7 @@ fn json_string(out: &mut String, text: &str) {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+            c if is_unsafe_for_log(c) => {
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
             }
             c => out.push(c),
@@ -241,23 +243,19 @@ struct Target {
 impl Target {
     /// Opens the path for append, created 0600 when it does not exist.
     fn reopen(&mut self) {
-        let opened = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&self.path)
-            .and_then(|file| {
-                let meta = file.metadata()?;
-                Ok((file, (meta.dev(), meta.ino())))
-            });
+        let opened = open_regular_file(
+            OpenOptions::new().append(true).create(true).mode(0o600),
+            &self.path,
+        )
+        .and_then(|file| {
+            let meta = file.metadata().map_err(|e| e.to_string())?;
+            Ok((file, (meta.dev(), meta.ino())))
+        });
         self.file = match opened {
             Ok(file) => Some(file),
             Err(e) => {
                 STATS.count(Event::AuditWriteError);
-                log::warn!(
-                    "valkeyauth: cannot open audit_file {}: {e}",
-                    self.path.display()
-                );
+                log::warn!("valkeyauth: audit_file: {e}");
                 None
             }
         };

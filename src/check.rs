@@ -18,8 +18,18 @@ pub enum AclPlan {
     AclUser,
     /// A module user with the rules of the groups.
     Provision,
-    /// No way to log in; the reason says why.
-    Nothing(&'static str),
+}
+
+/// The answer for a login that AUTH refuses before asking the directory.
+pub fn refused_locally(username: &str, reason: &str) -> Vec<String> {
+    vec![
+        format!("user: {username}"),
+        format!(
+            "result: denied ({}) without asking the directory",
+            Outcome::NoAclUser.reason()
+        ),
+        format!("acl: none: {reason}"),
+    ]
 }
 
 /// `<url> <step>: ok (<ms> ms): <detail>` or `... FAILED ...`; a failed step ends the server.
@@ -58,17 +68,26 @@ fn server(settings: &Settings, url: &str) -> Vec<String> {
         result.is_ok()
     };
     let mut conn: Option<Connection> = None;
-    let connected = step("connect", &mut || {
-        let mut c = Connection::open(url, &settings.timeouts, &settings.tls).map_err(explain)?;
-        // Plain ldap:// opens lazily: reading the root DSE makes the server answer.
-        c.search_dns("", Scope::Base, "(objectClass=*)", 1)
-            .map_err(explain)?;
+    step("connect", &mut || {
+        let c = Connection::open(url, &settings.timeouts, &settings.tls).map_err(explain)?;
         conn = Some(c);
-        Ok(String::new())
+        Ok(if url.starts_with("ldap://") && !settings.tls.starttls {
+            "deferred: plain ldap:// connects with the first request".to_owned()
+        } else {
+            String::new()
+        })
     });
-    let Some(mut conn) = conn.filter(|_| connected) else {
+    let Some(mut conn) = conn else {
         return lines;
     };
+    let answered = step("root_dse", &mut || {
+        conn.search_dns("", Scope::Base, "(objectClass=*)", 1)
+            .map_err(explain)?;
+        Ok("the server answers".to_owned())
+    });
+    if !answered {
+        return lines;
+    }
     step("tls", &mut || certificate(&conn));
     let bound = step("service_bind", &mut || {
         engine::bind_service(&mut conn, settings).map_err(explain)?;
@@ -124,7 +143,18 @@ pub fn login(engine: &mut Engine, request: &Request, plan: AclPlan) -> Vec<Strin
     let answer = engine.authenticate(request);
     let took = started.elapsed();
     let settings = &request.generation.settings;
+    let health = &request.generation.health;
     let mut lines = vec![format!("user: {}", request.username())];
+    let skipped: Vec<&str> = (0..settings.servers.len())
+        .filter(|i| !health.is_up(*i))
+        .map(|i| settings.servers[i].as_str())
+        .collect();
+    if !skipped.is_empty() {
+        lines.push(format!(
+            "skipped: {} (marked down, as for AUTH; VALKEYAUTH.CHECK without arguments probes them)",
+            skipped.join(" ")
+        ));
+    }
     lines.push(format!(
         "server: {}",
         answer
@@ -133,7 +163,11 @@ pub fn login(engine: &mut Engine, request: &Request, plan: AclPlan) -> Vec<Strin
     ));
     lines.push(format!(
         "dn: {}",
-        answer.dn.as_deref().unwrap_or("(not found)")
+        match (&answer.dn, answer.server) {
+            (Some(dn), _) => dn.as_str(),
+            (None, Some(_)) => "(not found)",
+            (None, None) => "(no server was asked)",
+        }
     ));
     lines.push(format!(
         "result: {} ({:.3} ms)",
@@ -171,7 +205,6 @@ fn acl(settings: &Settings, plan: AclPlan, answer: &Answer) -> String {
     }
     match plan {
         AclPlan::AclUser => "the ACL user of this name, with its own rules".to_owned(),
-        AclPlan::Nothing(reason) => format!("none: {reason}"),
         AclPlan::Provision => {
             match mapping::rules_for(
                 &settings.acl_map,

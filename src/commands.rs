@@ -109,16 +109,23 @@ pub fn reload(_ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
 /// each server; with them, one login through the whole flow, without logging anyone in. The
 /// password is redacted from SLOWLOG and MONITOR.
 pub fn check(ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
-    if args.len() == 3 {
-        redact(ctx, 2);
-    } else if args.len() != 1 {
+    // Everything after the username is redacted, even when the arity is wrong: an extra
+    // argument is the likeliest place for a password to be.
+    for position in 2..args.len() {
+        redact(ctx, position as c_int);
+    }
+    if args.len() != 1 && args.len() != 3 {
         return Err(ValkeyError::WrongArity);
     }
     let mut guard = RUNTIME.lock();
     let runtime = guard.as_mut().ok_or(NOT_RUNNING)?;
     let generation = Arc::clone(&runtime.generation);
     let what = match &args[..] {
-        [_, user, password] => login_check(&generation, user, password.as_slice())?,
+        [_, user, password] => match login_check(&generation, user, password.as_slice())? {
+            Ok(what) => what,
+            // Refused before any directory traffic, as AUTH would be: answered here.
+            Err(lines) => return Ok(array(lines)),
+        },
         _ => What::Servers(generation),
     };
     if runtime.pool.is_full() {
@@ -146,12 +153,13 @@ fn redact(ctx: &Context, position: c_int) {
 }
 
 /// What a login check needs, decided here on the main thread: the local checks and which ACL
-/// rules could apply. The directory part runs on a worker.
+/// rules could apply. The directory part runs on a worker; a login that AUTH would refuse
+/// without asking the directory gets its answer (`Err(lines)`) here, without traffic.
 fn login_check(
     generation: &Arc<Generation>,
     user: &ValkeyString,
     password: &[u8],
-) -> Result<What, ValkeyError> {
+) -> Result<Result<What, Vec<String>>, ValkeyError> {
     let settings = &generation.settings;
     if !settings.is_active() {
         return Err(ValkeyError::Str(
@@ -173,16 +181,24 @@ fn login_check(
     let plan = if has_acl_user {
         AclPlan::AclUser
     } else if !settings.provision {
-        AclPlan::Nothing("there is no ACL user of this name, and provision is off")
+        return Ok(Err(check::refused_locally(
+            credentials.username,
+            "there is no ACL user of this name, and provision is off",
+        )));
     } else if !auth::provisionable(credentials.username) {
-        AclPlan::Nothing(
+        return Ok(Err(check::refused_locally(
+            credentials.username,
             "the name cannot be provisioned (lowercase ASCII letters, digits and ._-@ only)",
-        )
+        )));
     } else {
         AclPlan::Provision
     };
     let request = Request::new(Arc::clone(generation), credentials, !has_acl_user);
-    Ok(What::Login { request, plan })
+    Ok(Ok(What::Login { request, plan }))
+}
+
+fn array(lines: Vec<String>) -> ValkeyValue {
+    ValkeyValue::Array(lines.into_iter().map(ValkeyValue::BulkString).collect())
 }
 
 enum What {
@@ -203,8 +219,7 @@ impl CheckJob {
             What::Servers(generation) => check::servers(&generation.settings),
             What::Login { request, plan } => check::login(engine, request, *plan),
         };
-        let lines = lines.into_iter().map(ValkeyValue::BulkString).collect();
-        self.reply(Ok(ValkeyValue::Array(lines)));
+        self.reply(Ok(array(lines)));
     }
 
     fn reply(&mut self, result: ValkeyResult) {

@@ -4,7 +4,8 @@
 //! change rebuilds one immutable [`Settings`] snapshot that the auth path reads.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -177,8 +178,8 @@ impl Settings {
             &self.search_bind_passwd_file,
             self.allow_readable_passwd_file,
         ) {
-            if file_is_readable_by_others(file) {
-                log::warn!("valkeyauth: WARNING: search_bind_passwd_file {} can be read by group or others (allowed by allow_readable_passwd_file)", file.display());
+            if file_is_shared(file) {
+                log::warn!("valkeyauth: WARNING: search_bind_passwd_file {} is open to group or others (allowed by allow_readable_passwd_file)", file.display());
             }
         }
         Ok(())
@@ -305,6 +306,7 @@ impl OptionSpec {
     /// checks that need Valkey (ACL rules).
     pub fn validate(&self, value: &str) -> Result<Settings, String> {
         if let (Parser::File(_), false) = (&self.parser, value.is_empty()) {
+            absolute_path(value)?;
             read_password_file(Path::new(value), true)?;
         }
         let mut scratch = Settings::blank();
@@ -767,7 +769,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         name: "audit_file",
         default: "",
         parser: Parser::Text(|s, v| {
-            s.audit_file = optional_path(v)?;
+            s.audit_file = audit_path(v)?;
             Ok(())
         }),
         doc: "The JSON-lines file of `audit file`, created 0600. Written by a thread of its own. \
@@ -912,16 +914,50 @@ fn parse_attribute(v: &str) -> Result<String, String> {
     Ok(v.to_owned())
 }
 
-/// Reads a service password: one trailing newline dropped; refused when empty or world-readable.
-pub fn read_password_file(path: &Path, allow_readable: bool) -> Result<Secret, String> {
+/// `O_NONBLOCK` (Linux): opening a FIFO or a device must not hold the thread that reads the
+/// file, which is Valkey's main thread on `CONFIG SET`.
+const O_NONBLOCK: i32 = 0o4000;
+
+/// A password file longer than this is not a password file.
+const MAX_PASSWORD_FILE_BYTES: u64 = 16 * 1024 + 2;
+
+/// Opens a regular file without blocking on whatever else the path may name.
+pub fn open_regular_file(options: &mut fs::OpenOptions, path: &Path) -> Result<fs::File, String> {
     let path_text = path.display();
-    if !allow_readable && file_is_readable_by_others(path) {
+    let file = options
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot open '{path_text}': {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read '{path_text}': {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("'{path_text}' is not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Reads a service password: one trailing newline dropped; refused when empty, too long, not
+/// a regular file, or open to group or others (unless `allow_shared`).
+pub fn read_password_file(path: &Path, allow_shared: bool) -> Result<Secret, String> {
+    let path_text = path.display();
+    let file = open_regular_file(fs::OpenOptions::new().read(true), path)?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read '{path_text}': {e}"))?;
+    if !allow_shared && meta.permissions().mode() & SHARED_MODE_BITS != 0 {
         return Err(format!(
-            "'{path_text}' can be read by group or others; chmod 600 it \
+            "'{path_text}' can be read or written by group or others; chmod 600 it \
              (or set allow_readable_passwd_file yes)"
         ));
     }
-    let mut bytes = fs::read(path).map_err(|e| format!("cannot read '{path_text}': {e}"))?;
+    if meta.len() > MAX_PASSWORD_FILE_BYTES {
+        return Err(format!("'{path_text}' is too long for a password file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PASSWORD_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read '{path_text}': {e}"))?;
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
@@ -937,8 +973,38 @@ pub fn read_password_file(path: &Path, allow_readable: bool) -> Result<Secret, S
     Ok(secret)
 }
 
-fn file_is_readable_by_others(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o044 != 0)
+/// Read and write permission for group and others.
+const SHARED_MODE_BITS: u32 = 0o066;
+
+fn file_is_shared(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & SHARED_MODE_BITS != 0)
+}
+
+/// An absolute path, so that it does not depend on Valkey's `dir`.
+fn absolute_path(v: &str) -> Result<Option<PathBuf>, String> {
+    let path = optional_path(v)?;
+    match &path {
+        Some(p) if !p.is_absolute() => Err("must be an absolute path".to_owned()),
+        _ => Ok(path),
+    }
+}
+
+/// Where the audit file goes: an absolute path in an existing directory, naming nothing but a
+/// regular file. (Opening and writing it is the audit thread's job.)
+fn audit_path(v: &str) -> Result<Option<PathBuf>, String> {
+    let Some(path) = absolute_path(v)? else {
+        return Ok(None);
+    };
+    if path.parent().is_some_and(|dir| !dir.is_dir()) {
+        return Err(format!(
+            "the directory of '{}' does not exist",
+            path.display()
+        ));
+    }
+    if fs::metadata(&path).is_ok_and(|meta| !meta.is_file()) {
+        return Err(format!("'{}' is not a regular file", path.display()));
+    }
+    Ok(Some(path))
 }
 
 #[cfg(test)]

@@ -32,8 +32,8 @@ pub fn section(ctx: &InfoContext, for_crash_report: bool) -> ValkeyResult<()> {
             .field("active", u64::from(settings.is_active()))?
             .field("servers", settings.servers.len() as u64)?
             .field("workers", runtime.pool.threads() as u64)?
-            .field("busy_workers", runtime.pool.busy() as u64)?
-            .field("queue_depth", runtime.pool.queued() as u64)?
+            .field("busy_workers", runtime.busy_workers() as u64)?
+            .field("queue_depth", runtime.queue_depth() as u64)?
             .field("queue_depth_peak", runtime.pool.queue_peak() as u64)?
             .field("max_pending", runtime.pool.capacity() as u64)?
             .field("cache_entries", runtime.cache.entries() as u64)?

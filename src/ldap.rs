@@ -320,7 +320,7 @@ impl fmt::Display for LdapError {
 
 impl std::error::Error for LdapError {}
 
-fn is_unsafe_for_log(c: char) -> bool {
+pub fn is_unsafe_for_log(c: char) -> bool {
     c.is_control()
         || matches!(c,
             '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM

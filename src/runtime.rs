@@ -36,6 +36,23 @@ pub struct Runtime {
     pub auditor: Auditor,
 }
 
+impl Runtime {
+    /// Workers running a job, in the pool and in pools retired by a resize that still finish
+    /// their jobs.
+    pub fn busy_workers(&self) -> usize {
+        self.pools().map(Pool::busy).sum()
+    }
+
+    /// Jobs waiting for a worker, in every pool.
+    pub fn queue_depth(&self) -> usize {
+        self.pools().map(Pool::queued).sum()
+    }
+
+    fn pools(&self) -> impl Iterator<Item = &Pool<Task>> {
+        std::iter::once(&self.pool).chain(&self.retired)
+    }
+}
+
 /// Global because Valkey's auth, config and INFO callbacks carry no pointer of ours.
 pub static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 

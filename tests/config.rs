@@ -198,7 +198,7 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
             "search_bind_passwd_file",
             good_pw,
             vec![
-                (b"/nonexistent/pw".to_vec(), "cannot read"),
+                (b"/nonexistent/pw".to_vec(), "cannot open"),
                 (open_pw.into_bytes(), "chmod 600"),
                 (empty_pw.into_bytes(), "empty password"),
             ],
@@ -402,8 +402,14 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
         ),
         (
             "audit_file",
-            "/var/log/valkey/audit.jsonl".into(),
-            vec![(b"/var/log/\x07.jsonl".to_vec(), "control characters")],
+            "/tmp/valkeyauth-config-test-audit.jsonl".into(),
+            vec![
+                (b"/var/log/\x07.jsonl".to_vec(), "control characters"),
+                (b"audit.jsonl".to_vec(), "absolute path"),
+                (b"/nonexistent-dir/audit.jsonl".to_vec(), "does not exist"),
+                (b"/tmp".to_vec(), "not a regular file"),
+                (b"/dev/full".to_vec(), "not a regular file"),
+            ],
         ),
     ];
     let names: Vec<String> = readme_options().into_iter().map(|(n, _)| n).collect();
@@ -623,7 +629,7 @@ fn a_bad_value_in_valkey_conf_refuses_to_start() {
         .module([] as [&str; 0])
         .config("valkeyauth.search_bind_passwd_file /nonexistent/pw")
         .start_expect_failure();
-    assert_clean_refusal(&log, &["valkeyauth.search_bind_passwd_file", "cannot read"]);
+    assert_clean_refusal(&log, &["valkeyauth.search_bind_passwd_file", "cannot open"]);
 
     // A name the module does not have.
     let log = Valkey::builder()

@@ -305,21 +305,47 @@ fn audit_file_has_every_decision_and_follows_rotation() {
     assert_eq!(counters["audit_dropped"], "0");
     assert_eq!(counters["audit_write_errors"], "0");
 
-    // A file that cannot be written is counted and logged; logins go on.
+    // What cannot be an audit file is refused when set; a FIFO would block whoever opens it.
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (bad, why) in [
+        (fifo.to_str().unwrap(), "not a regular file"),
+        ("/dev/full", "not a regular file"),
+        ("relative.jsonl", "absolute path"),
+        ("/nonexistent-dir/audit.jsonl", "does not exist"),
+    ] {
+        let r = admin.call(&[b"CONFIG", b"SET", b"valkeyauth.audit_file", bad.as_bytes()]);
+        assert!(r.error().unwrap_or_default().contains(why), "{bad}: {r}");
+    }
+
+    // A file that cannot be written later is counted and logged; logins go on.
+    let gone = dir.path().join("gone");
+    fs::create_dir(&gone).unwrap();
+    let target = gone.join("audit.jsonl");
     let r = admin.call(&[
         b"CONFIG",
         b"SET",
         b"valkeyauth.audit_file",
-        b"/nonexistent-dir/audit.jsonl",
+        target.to_str().unwrap().as_bytes(),
     ]);
     assert!(r.is_ok(), "{r}");
+    audit_lines(&target, 0);
+    fs::remove_dir_all(&gone).unwrap();
     assert_eq!(v.raw().auth(b"alice", ALICE.password.as_bytes()), ok());
     let deadline = Instant::now() + Duration::from_secs(5);
     while info(&v)["audit_write_errors"] == "0" && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
     assert_ne!(info(&v)["audit_write_errors"], "0");
-    assert!(v.wait_for_log("cannot open audit_file", Duration::from_secs(5)));
+    assert!(v.wait_for_log(
+        "valkeyauth: audit_file: cannot open",
+        Duration::from_secs(5)
+    ));
+    assert_eq!(admin.call(&[b"PING"]), Reply::Simple("PONG".to_owned()));
 }
 
 #[test]
@@ -394,6 +420,7 @@ fn check_servers_healthy_dead_bad_ca_and_wrong_service_password() {
     let tls = slapd.ldaps_url();
     for want in [
         format!("{plain} connect: ok"),
+        format!("{plain} root_dse: ok"),
         format!("{plain} tls: ok"),
         "not used: this connection is plaintext".to_owned(),
         format!("{plain} service_bind: ok"),
@@ -404,7 +431,7 @@ fn check_servers_healthy_dead_bad_ca_and_wrong_service_password() {
         format!("{tls} tls: ok"),
         "subject cn=127.0.0.1".to_owned(),
         format!("{tls} search_base: ok"),
-        format!("{dead} connect: FAILED"),
+        format!("{dead} root_dse: FAILED"),
     ] {
         assert!(has_line(&lines, &want), "{want:?} in {lines:#?}");
     }
@@ -493,6 +520,24 @@ fn check_a_login_without_logging_in() {
     );
     let r = v.raw().call(&[b"VALKEYAUTH.CHECK", b"alice"]);
     assert!(r.error().is_some(), "{r}");
+    let r = v
+        .raw()
+        .call(&[b"VALKEYAUTH.CHECK", b"alice", b"Check-Extra-Pw", b"x"]);
+    assert!(
+        r.error().unwrap_or_default().contains("wrong number"),
+        "{r}"
+    );
+
+    // A name AUTH would refuse before asking the directory gets the same answer, with no
+    // directory traffic (provisioning cannot take upper-case names).
+    let binds = slapd.count_ops("BIND");
+    let lines = check(&v, &["Bob", BOB.password]);
+    assert!(
+        has_line(&lines, "without asking the directory"),
+        "{lines:#?}"
+    );
+    assert!(has_line(&lines, "cannot be provisioned"), "{lines:#?}");
+    assert_eq!(slapd.count_ops("BIND"), binds);
 
     // Nobody was logged in, and nothing was counted as a login.
     assert_eq!(info_field(&v, "allowed"), 0);
@@ -511,7 +556,12 @@ fn check_a_login_without_logging_in() {
     }
     // Valkey leaves the blocked, redacted command out of MONITOR; what follows it shows.
     assert!(monitored.contains("\"ACL\" \"WHOAMI\""), "{monitored}");
-    for secret in [ALICE.password, BOB.password, "Check-Wrong-Pw"] {
+    for secret in [
+        ALICE.password,
+        BOB.password,
+        "Check-Wrong-Pw",
+        "Check-Extra-Pw",
+    ] {
         assert!(!slowlog.contains(secret), "{secret} in SLOWLOG: {slowlog}");
         assert!(
             !monitored.contains(secret),
@@ -546,14 +596,14 @@ fn password_file_readable_by_others_is_refused_unless_allowed() {
         .module(args.clone())
         .start_expect_failure();
     assert!(
-        refused.contains("can be read by group or others"),
+        refused.contains("can be read or written by group or others"),
         "{refused}"
     );
 
     args.extend(["allow_readable_passwd_file".to_owned(), "yes".to_owned()]);
     let v = Valkey::builder().module(args).start();
     add_acl_users(&v, &["alice"]);
-    assert!(v.wait_for_log("can be read by group or others", Duration::from_secs(5)));
+    assert!(v.wait_for_log("is open to group or others", Duration::from_secs(5)));
     assert_eq!(v.raw().auth(b"alice", ALICE.password.as_bytes()), ok());
 
     let mut admin = v.raw();
@@ -563,8 +613,39 @@ fn password_file_readable_by_others_is_refused_unless_allowed() {
     };
     let r = set(&mut admin, "allow_readable_passwd_file", "no");
     assert!(r.error().unwrap_or_default().contains("chmod 600"), "{r}");
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o602)).unwrap();
+    let r = set(&mut admin, "allow_readable_passwd_file", "no");
+    assert!(r.error().unwrap_or_default().contains("chmod 600"), "{r}");
     fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
     assert!(set(&mut admin, "allow_readable_passwd_file", "no").is_ok());
+
+    // A FIFO, a directory, a relative path or a huge file is refused at once; a FIFO never
+    // holds the main thread.
+    let fifo = dir.path().join("pw.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    fs::set_permissions(&fifo, fs::Permissions::from_mode(0o600)).unwrap();
+    let huge = dir.path().join("huge.pw");
+    fs::write(&huge, vec![b'x'; 100_000]).unwrap();
+    fs::set_permissions(&huge, fs::Permissions::from_mode(0o600)).unwrap();
+    for (bad, why) in [
+        (fifo.to_str().unwrap(), "not a regular file"),
+        (dir.path().to_str().unwrap(), "not a regular file"),
+        ("service.pw", "absolute path"),
+        (huge.to_str().unwrap(), "too long"),
+    ] {
+        let started = Instant::now();
+        let r = set(&mut admin, "search_bind_passwd_file", bad);
+        assert!(r.error().unwrap_or_default().contains(why), "{bad}: {r}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{bad} held the main thread"
+        );
+    }
+    assert_eq!(v.raw().auth(b"alice", ALICE.password.as_bytes()), ok());
 }
 
 #[test]
