@@ -330,12 +330,14 @@ impl Engine {
     fn try_server(&mut self, target: &Target, request: &Request) -> Attempt {
         let settings = target.settings;
         let dn = match settings.mode {
-            AuthMode::Bind => format!(
-                "{}{}{}",
-                settings.bind_dn_prefix,
-                escape::dn_value(request.username()),
-                settings.bind_dn_suffix
-            ),
+            AuthMode::Bind => match escape::bind_name(
+                &settings.bind_dn_prefix,
+                request.username(),
+                &settings.bind_dn_suffix,
+            ) {
+                Some(name) => name,
+                None => return Attempt::Final(Outcome::InvalidUsername),
+            },
             AuthMode::SearchBind => match self.find_user(target, request.username()) {
                 Ok(dn) => dn,
                 Err(attempt) => return attempt,
@@ -499,9 +501,13 @@ fn run<T>(
     result
 }
 
-/// Binds a fresh search connection as the service account; with no account, searches run
-/// anonymously.
+/// Binds a fresh search connection as the service account: with SASL, or with a DN and its
+/// password file; with neither, searches run anonymously. A failed bind drops the new
+/// connection, so the next AUTH connects again.
 fn bind_service(conn: &mut Connection, settings: &Settings) -> Result<(), LdapError> {
+    if let Some(mechanism) = settings.service_bind.sasl_mechanism() {
+        return conn.sasl_bind(mechanism, &settings.sasl_authz_id);
+    }
     let (Some(file), false) = (
         &settings.search_bind_passwd_file,
         settings.search_bind_dn.is_empty(),
