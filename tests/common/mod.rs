@@ -672,9 +672,16 @@ pub struct SlapdBuilder {
     ldif: String,
     ldaps: bool,
     timeout: Duration,
+    env: Vec<(String, String)>,
 }
 
 impl SlapdBuilder {
+    /// An environment variable for slapd (e.g. `KRB5_KTNAME` for GSSAPI).
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
+        self
+    }
+
     /// A global slapd.conf line, before `database` (e.g. `allow bind_anon_dn`, `idletimeout 2`,
     /// `TLSCertificateFile /path`).
     pub fn global(mut self, line: impl Into<String>) -> Self {
@@ -743,6 +750,7 @@ impl SlapdBuilder {
                 child: None,
                 frozen: false,
                 timeout: self.timeout,
+                env: self.env.clone(),
             };
             s.write_config(&self)?;
             match s.spawn_and_wait() {
@@ -765,6 +773,7 @@ pub struct Slapd {
     child: Option<Child>,
     frozen: bool,
     timeout: Duration,
+    env: Vec<(String, String)>,
 }
 
 impl Slapd {
@@ -776,6 +785,7 @@ impl Slapd {
             ldif: base_ldif(),
             ldaps: false,
             timeout: START_TIMEOUT,
+            env: Vec::new(),
         }
     }
 
@@ -859,6 +869,7 @@ impl Slapd {
         cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path());
         let child =
             spawn(cmd).map_err(|e| format!("spawn {SLAPD}: {e} (run scripts/install-deps.sh)"))?;
