@@ -200,29 +200,18 @@ impl Dc {
         fs::set_permissions(&svc_pw_file, fs::Permissions::from_mode(0o600)).expect("chmod");
 
         let log = fs::File::create(dir.path().join("samba.out")).expect("samba.out");
-        let mut cmd = Command::new("unshare");
-        // `unshare` and `sh` exec: the child's pid is samba's. One process (`-M single`).
-        cmd.args(["--net", "sh", "-c"])
-            .arg(format!(
-                "ip link set lo up && exec samba -s '{}' -F -M single --debug-stdout",
-                conf.display()
-            ))
-            .stdin(Stdio::null())
+        // One process (`-M single`).
+        let mut cmd = netns::unshare_command(&format!(
+            "exec samba -s '{}' -F -M single --debug-stdout",
+            conf.display()
+        ));
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone"))
             .stderr(log);
         let child = spawn(cmd).expect("spawn samba");
         let pid = child.id();
 
-        let valkey_wrapper = dir.path().join("valkey-in-dc-netns");
-        fs::write(
-            &valkey_wrapper,
-            format!(
-                "#!/bin/sh\nexec nsenter --net=/proc/{pid}/ns/net '{}' \"$@\"\n",
-                Version::V9_1.binary().display()
-            ),
-        )
-        .expect("write wrapper");
-        fs::set_permissions(&valkey_wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let valkey_wrapper = netns::valkey_wrapper(dir.path(), pid);
 
         let dc = Dc {
             dir,
@@ -241,7 +230,7 @@ impl Dc {
     fn wait_ready(&self) {
         let pid = self.pid;
         let ready = thread::spawn(move || {
-            enter_netns(pid);
+            netns::enter(pid);
             let deadline = Instant::now() + START_TIMEOUT;
             while Instant::now() < deadline {
                 if ldap_simple_bind(389, "", "", Duration::from_secs(2)).is_ok() {
@@ -319,25 +308,8 @@ impl Dc {
 /// every client it opens), starting the DC first if needed.
 fn join_dc() -> &'static Dc {
     let dc = dc();
-    enter_netns(dc.pid);
+    netns::enter(dc.pid);
     dc
-}
-
-mod sys {
-    use std::ffi::c_int;
-    pub const CLONE_NEWNET: c_int = 0x4000_0000;
-    extern "C" {
-        pub fn setns(fd: c_int, nstype: c_int) -> c_int;
-    }
-}
-
-fn enter_netns(pid: u32) {
-    use std::os::fd::AsRawFd;
-    let ns = fs::File::open(format!("/proc/{pid}/ns/net")).expect("open the DC's netns");
-    // SAFETY: `ns` is an open namespace file; setns(2) changes only this thread's network
-    // namespace.
-    let rc = unsafe { sys::setns(ns.as_raw_fd(), sys::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 // ---- helpers ----------------------------------------------------------------------------------

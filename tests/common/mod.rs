@@ -17,6 +17,7 @@
 //! Binaries come from `scripts/install-deps.sh`; the module from `cargo build --release`.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod pki;
 
 use std::collections::BTreeSet;
