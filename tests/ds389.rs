@@ -16,7 +16,6 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const INSTANCE: &str = "valkeyauth";
 const MANAGER_PW: &str = "Directory-Manager-pw";
 const PEOPLE_389: &str = "ou=people,dc=example,dc=test";
 
@@ -133,8 +132,33 @@ add: aci
 aci: (targetattr=\"*\")(version 3.0; acl \"svc searches\"; allow (read,search,compare) userdn=\"ldap:///uid=svc,ou=people,dc=example,dc=test\";)
 ";
 
+/// The instance name: per test process, because ns-slapd keeps a named semaphore for it in
+/// /dev/shm (`sem.slapd-<name>.stats`) that outlives the process.
+fn instance() -> String {
+    format!("va{}", std::process::id())
+}
+
+/// Removes the semaphores of instances whose test process is gone.
+fn sweep_stale_semaphores() {
+    let Ok(entries) = fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("sem.slapd-va")
+            .and_then(|rest| rest.strip_suffix(".stats"))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Ds {
     fn start() -> Ds {
+        sweep_stale_semaphores();
+        let instance = instance();
         let dir = TempDir::new("389ds");
         let root = dir.path().join("root");
         let inf_dir = root.join("share/dirsrv/inf");
@@ -180,7 +204,7 @@ impl Ds {
             &inf,
             format!(
                 "[general]\nfull_machine_name = localhost\nstart = False\n\
-                 strict_host_checking = False\n[slapd]\ninstance_name = {INSTANCE}\nport = 389\n\
+                 strict_host_checking = False\n[slapd]\ninstance_name = {instance}\nport = 389\n\
                  root_password = {MANAGER_PW}\nself_sign_cert = False\n\
                  [backend-userroot]\nsample_entries = no\nsuffix = {SUFFIX}\n\
                  create_suffix_entry = True\n"
@@ -195,7 +219,7 @@ impl Ds {
             "dscreate from-file",
         );
 
-        let config = root.join(format!("etc/dirsrv/slapd-{INSTANCE}"));
+        let config = root.join(format!("etc/dirsrv/slapd-{instance}"));
         // As root (not dirsrv) ns-slapd keeps the parent-death signal that `common::spawn`
         // sets (a change of user clears it), so it dies with the test binary.
         let dse = config.join("dse.ldif");
