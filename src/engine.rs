@@ -550,6 +550,9 @@ fn bind_failure(url: &str, e: &LdapError) -> Attempt {
         ResultCode::NO_SUCH_OBJECT | ResultCode::INVALID_DN_SYNTAX => {
             Attempt::Final(Outcome::UnknownUser)
         }
+        // 389-DS (Red Hat DS, FreeIPA) refuses a bind to a locked account with
+        // constraintViolation ("Exceed password retry limit").
+        ResultCode::CONSTRAINT_VIOLATION => Attempt::Final(Outcome::AccountLocked),
         _ => {
             log::warn!("valkeyauth: user bind on {url} failed: {e}");
             Attempt::Final(Outcome::DirectoryError)

@@ -84,6 +84,7 @@ impl ResultCode {
     pub const REFERRAL: ResultCode = ResultCode(sys::LDAP_REFERRAL);
     pub const ADMINLIMIT_EXCEEDED: ResultCode = ResultCode(sys::LDAP_ADMINLIMIT_EXCEEDED);
     pub const CONFIDENTIALITY_REQUIRED: ResultCode = ResultCode(sys::LDAP_CONFIDENTIALITY_REQUIRED);
+    pub const CONSTRAINT_VIOLATION: ResultCode = ResultCode(sys::LDAP_CONSTRAINT_VIOLATION);
     pub const NO_SUCH_OBJECT: ResultCode = ResultCode(sys::LDAP_NO_SUCH_OBJECT);
     pub const INVALID_DN_SYNTAX: ResultCode = ResultCode(sys::LDAP_INVALID_DN_SYNTAX);
     pub const INAPPROPRIATE_AUTH: ResultCode = ResultCode(sys::LDAP_INAPPROPRIATE_AUTH);

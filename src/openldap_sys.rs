@@ -167,6 +167,7 @@ pub const LDAP_STRONG_AUTH_REQUIRED: c_int = 0x08;
 pub const LDAP_REFERRAL: c_int = 0x0a;
 pub const LDAP_ADMINLIMIT_EXCEEDED: c_int = 0x0b;
 pub const LDAP_CONFIDENTIALITY_REQUIRED: c_int = 0x0d;
+pub const LDAP_CONSTRAINT_VIOLATION: c_int = 0x13;
 pub const LDAP_NO_SUCH_OBJECT: c_int = 0x20;
 pub const LDAP_INVALID_DN_SYNTAX: c_int = 0x22;
 pub const LDAP_INAPPROPRIATE_AUTH: c_int = 0x30;

@@ -210,6 +210,7 @@ impl Dc {
             .stderr(log);
         let child = spawn(cmd).expect("spawn samba");
         let pid = child.id();
+        netns::wait_until_unshared(pid);
 
         let valkey_wrapper = netns::valkey_wrapper(dir.path(), pid);
 

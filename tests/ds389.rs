@@ -126,6 +126,14 @@ cn: bob
 sn: bob
 userPassword: bob-Pass-389
 
+dn: uid=carol,ou=people,dc=example,dc=test
+objectClass: top
+objectClass: inetOrgPerson
+uid: carol
+cn: carol
+sn: carol
+userPassword: carol-Pass-389
+
 dn: dc=example,dc=test
 changetype: modify
 add: aci
@@ -244,6 +252,7 @@ impl Ds {
             .stderr(log);
         let child = spawn(cmd).expect("spawn ns-slapd");
         let pid = child.id();
+        netns::wait_until_unshared(pid);
         let svc_pw_file = dir.path().join("svc.pw");
         fs::write(&svc_pw_file, pw("svc")).expect("svc.pw");
         fs::set_permissions(
@@ -274,20 +283,24 @@ impl Ds {
     }
 
     fn wait_ready(&self) {
+        let started = Instant::now();
         let ready = self.in_netns(|| {
             let deadline = Instant::now() + START_TIMEOUT;
+            let mut last = None;
             while Instant::now() < deadline {
-                if ldap_simple_bind(389, "", "", Duration::from_secs(2)).is_ok() {
-                    return true;
+                match ldap_simple_bind(389, "", "", Duration::from_secs(2)) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = Some(e),
                 }
                 thread::sleep(Duration::from_millis(50));
             }
-            false
+            Err(last)
         });
-        let exited = self.child.lock().unwrap().try_wait().ok().flatten();
+        let exited = self.child.lock().unwrap().try_wait();
         assert!(
-            ready && exited.is_none(),
-            "ns-slapd did not start ({exited:?}); log:\n{}",
+            ready.is_ok() && matches!(exited, Ok(None)),
+            "ns-slapd did not start after {:?} ({exited:?}, {ready:?}); log:\n{}",
+            started.elapsed(),
             fs::read_to_string(self.dir.path().join("ns-slapd.out")).unwrap_or_default()
         );
     }
@@ -399,4 +412,48 @@ fn empty_password_refused_without_a_bind() {
     assert_refused(&v, "alice", "");
     assert_eq!(info_field(&v, "denied_empty_password"), 1);
     assert_eq!(info_field(&v, "denied_bad_credentials"), 0);
+}
+
+/// 389-DS's lockout (`passwordLockout`): after 3 bad passwords the account is refused even with
+/// the right one, with constraintViolation (19): a deny with reason `account_locked`, not an
+/// outage.
+#[test]
+fn locked_account_is_a_deny() {
+    let ds = join_ds();
+    let ldif = ds.dir.path().join("lockout.ldif");
+    fs::write(
+        &ldif,
+        "dn: cn=config\nchangetype: modify\nreplace: passwordLockout\npasswordLockout: on\n-\n\
+         replace: passwordMaxFailure\npasswordMaxFailure: 3\n",
+    )
+    .expect("lockout.ldif");
+    run(
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", ds.pid))
+            .args(["ldapmodify", "-x", "-H", "ldap://127.0.0.1:389"])
+            .args(["-D", "cn=Directory Manager", "-w", MANAGER_PW, "-f"])
+            .arg(&ldif),
+        "ldapmodify cn=config",
+    );
+    let suffix = format!(",{PEOPLE_389}");
+    let v = ds.valkey(
+        [
+            "servers",
+            "ldap://127.0.0.1",
+            "bind_dn_prefix",
+            "uid=",
+            "bind_dn_suffix",
+            &suffix,
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    add_acl_users(&v, &["carol"]);
+    for _ in 0..3 {
+        assert_refused(&v, "carol", "wrong");
+    }
+    assert_refused(&v, "carol", &pw("carol"));
+    assert_eq!(info_field(&v, "denied_account_locked"), 1);
+    assert_eq!(info_field(&v, "denied_bad_credentials"), 3);
+    assert_eq!(info_field(&v, "outage_directory_error"), 0);
 }

@@ -7,6 +7,8 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::Version;
 
@@ -26,6 +28,21 @@ pub fn enter(pid: u32) {
     // namespace.
     let rc = unsafe { sys::setns(ns.as_raw_fd(), sys::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// Waits until process `pid`, started with [`unshare_command`], is in its new namespace: until
+/// then `/proc/<pid>/ns/net` is still ours, and joining it would join nothing.
+pub fn wait_until_unshared(pid: u32) {
+    let ns_of = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    let ours = ns_of(std::process::id());
+    let deadline = Instant::now() + super::START_TIMEOUT;
+    while ns_of(pid) == ours {
+        assert!(
+            Instant::now() < deadline,
+            "{pid} never left our network namespace"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A script in `dir` that runs Valkey 9.1 in the network namespace of `pid` (`nsenter` execs,
