@@ -300,3 +300,48 @@ fn external_service_bind_with_the_client_certificate() {
     assert!(sasl_binds(&slapd, "EXTERNAL") >= 1, "{}", slapd.log());
     assert_eq!(login(&v, "alice", "wrong").0, wrongpass());
 }
+
+/// `sasl_authz_id`: the certificate is a proxy identity that may act as the service account
+/// (`authzTo`); with the authorization id the search connection is the service account (as
+/// the proxy alone, slapd would show it nothing at all).
+#[test]
+fn external_service_bind_acting_as_another_identity() {
+    let pki = Pki::new();
+    let proxy = "cn=proxy,ou=services,dc=example,dc=test";
+    // slapd checks authzTo with `auth` access to it.
+    let proxy_acl = format!("access to dn.exact=\"{proxy}\" attrs=authzTo by * auth");
+    let slapd = only_the_service_account_searches(Slapd::builder().acl(proxy_acl))
+        .extra_ldif(&format!(
+            "dn: {proxy}\nobjectClass: organizationalRole\ncn: proxy\nauthzTo: dn.exact:{}\n\n",
+            SEARCHER.dn
+        ))
+        .global(format!("TLSCACertificateFile {}", pki.arg("ca.pem")))
+        .global(format!("TLSCertificateFile {}", pki.arg("server.pem")))
+        .global(format!("TLSCertificateKeyFile {}", pki.arg("server.key")))
+        .global("TLSVerifyClient try")
+        .global("authz-policy to")
+        .global(format!(
+            "authz-regexp \"^cn=valkeyauth-client$\" \"{proxy}\""
+        ))
+        .start();
+    let authz = format!("dn:{}", SEARCHER.dn);
+    let args = [
+        "use_starttls",
+        "yes",
+        "tls_ca_cert_path",
+        &pki.arg("ca.pem"),
+        "tls_cert_path",
+        &pki.arg("client.pem"),
+        "tls_key_path",
+        &pki.arg("client.key"),
+        "search_bind_mechanism",
+        "EXTERNAL",
+        "sasl_authz_id",
+        &authz,
+    ];
+    let v = Valkey::with_module(search_args(&slapd.url(), &args));
+    add_acl_users(&v, &["alice"]);
+    auth_ok(&v, &ALICE, "EXTERNAL acting as the service account");
+    let asked = format!("authzid=\"dn:{}\"", SEARCHER.dn);
+    assert!(slapd.log().contains(&asked), "{}", slapd.log());
+}
