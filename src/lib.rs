@@ -62,6 +62,7 @@ fn init(ctx: &Context, args: &[ValkeyString]) -> Status {
         }
     }
     let started = valkey_config::load(ctx, args).and_then(|settings| {
+        export_keytab(&settings);
         runtime::start(settings).map_err(|e| format!("cannot start workers: {e}"))
     });
     match started {
@@ -70,6 +71,17 @@ fn init(ctx: &Context, args: &[ValkeyString]) -> Status {
             log::error!("valkeyauth: not loading: {e}");
             Status::Err
         }
+    }
+}
+
+/// Hands `sasl_keytab` to Kerberos, which reads only the environment (`KRB5_CLIENT_KTNAME`).
+/// Setting a variable races with any thread reading the environment, so it happens only here:
+/// on Valkey's main thread, before our workers exist (Valkey loads modules before it starts
+/// its own threads, whose work never reads the environment), and the option cannot change
+/// later (it is load time only).
+fn export_keytab(settings: &config::Settings) {
+    if let Some(keytab) = &settings.sasl_keytab {
+        std::env::set_var("KRB5_CLIENT_KTNAME", keytab);
     }
 }
 

@@ -66,6 +66,19 @@ pub const LDAP_VERSION3: c_int = 3;
 /// `LDAP_NO_ATTRS`: request no attributes.
 pub const LDAP_NO_ATTRS: &std::ffi::CStr = c"1.1";
 
+/// `ldap_sasl_interactive_bind_s` flag: never prompt; unanswered questions
+/// go to the interaction callback.
+pub const LDAP_SASL_QUIET: c_uint = 2;
+
+/// `LDAP_SASL_INTERACT_PROC`: called with a `sasl_interact_t` array (Cyrus
+/// SASL) to fill in; `defaults` is the pointer given to the bind call.
+pub type LDAP_SASL_INTERACT_PROC = unsafe extern "C" fn(
+    ld: *mut LDAP,
+    flags: c_uint,
+    defaults: *mut c_void,
+    interact: *mut c_void,
+) -> c_int;
+
 /// `LDAP_SASL_SIMPLE`: the NULL mechanism selects a simple bind.
 pub const LDAP_SASL_SIMPLE: *const c_char = std::ptr::null();
 
@@ -118,6 +131,11 @@ pub const LDAP_OPT_X_TLS_PEERCERT: c_int = 0x6015;
 pub const LDAP_OPT_X_TLS_REQUIRE_SAN: c_int = 0x601a;
 pub const LDAP_OPT_X_TLS_PROTOCOL_MAX: c_int = 0x601b;
 
+// SASL options (ldap_get_option(3), "SASL OPTIONS").
+/// Boolean: do not canonicalise (reverse-resolve) the server's host name when
+/// building the Kerberos service principal.
+pub const LDAP_OPT_X_SASL_NOCANON: c_int = 0x610b;
+
 // Levels for LDAP_OPT_X_TLS_REQUIRE_CERT and LDAP_OPT_X_TLS_REQUIRE_SAN.
 pub const LDAP_OPT_X_TLS_NEVER: c_int = 0;
 pub const LDAP_OPT_X_TLS_DEMAND: c_int = 2;
@@ -155,6 +173,7 @@ pub const LDAP_STRONG_AUTH_REQUIRED: c_int = 0x08;
 pub const LDAP_REFERRAL: c_int = 0x0a;
 pub const LDAP_ADMINLIMIT_EXCEEDED: c_int = 0x0b;
 pub const LDAP_CONFIDENTIALITY_REQUIRED: c_int = 0x0d;
+pub const LDAP_CONSTRAINT_VIOLATION: c_int = 0x13;
 pub const LDAP_NO_SUCH_OBJECT: c_int = 0x20;
 pub const LDAP_INVALID_DN_SYNTAX: c_int = 0x22;
 pub const LDAP_INAPPROPRIATE_AUTH: c_int = 0x30;
@@ -203,6 +222,18 @@ extern "C" {
     pub fn ldap_set_option(ld: *mut LDAP, option: c_int, invalue: *const c_void) -> c_int;
 
     // sasl.c
+    /// A SASL bind that runs the whole exchange; `proc` answers the
+    /// mechanism's questions (with `LDAP_SASL_QUIET`, only through `proc`).
+    pub fn ldap_sasl_interactive_bind_s(
+        ld: *mut LDAP,
+        dn: *const c_char,
+        mechanism: *const c_char,
+        serverctrls: *mut *mut LDAPControl,
+        clientctrls: *mut *mut LDAPControl,
+        flags: c_uint,
+        proc_: Option<LDAP_SASL_INTERACT_PROC>,
+        defaults: *mut c_void,
+    ) -> c_int;
     pub fn ldap_sasl_bind_s(
         ld: *mut LDAP,
         dn: *const c_char,
@@ -265,6 +296,28 @@ extern "C" {
         clientctrls: *mut *mut LDAPControl,
     ) -> c_int;
 }
+
+// ---------------------------------------------------------------------------
+// <sasl/sasl.h> (Cyrus SASL, which Debian's libldap uses; values from 2.1.28)
+// ---------------------------------------------------------------------------
+
+/// One question of a SASL mechanism (`sasl_interact_t`); an array of them
+/// ends with `id == SASL_CB_LIST_END`. The answer (`result`, `len`) must stay
+/// valid until the bind call returns.
+#[repr(C)]
+#[derive(Debug)]
+pub struct sasl_interact_t {
+    pub id: c_ulong,
+    pub challenge: *const c_char,
+    pub prompt: *const c_char,
+    pub defresult: *const c_char,
+    pub result: *const c_void,
+    pub len: c_uint,
+}
+
+pub const SASL_CB_LIST_END: c_ulong = 0;
+/// The authorization identity to act as (empty: the authenticated one).
+pub const SASL_CB_USER: c_ulong = 0x4001;
 
 // ---------------------------------------------------------------------------
 // <ldap_pvt.h>: OpenLDAP's private header (not installed by libldap-dev)

@@ -10,7 +10,7 @@ use std::ptr;
 use parking_lot::Mutex;
 use valkey_module::{raw, Context, ValkeyString};
 
-use crate::config::{OptionSpec, Settings, OPTIONS};
+use crate::config::{OptionSpec, Settings, LOAD_TIME_ONLY, OPTIONS};
 use crate::module_users;
 use crate::runtime;
 
@@ -66,6 +66,11 @@ fn register(ctx: &Context, index: usize, default: &str) -> Result<(), String> {
     let spec = &OPTIONS[index];
     let name = CString::new(spec.name).map_err(|e| e.to_string())?;
     let default = CString::new(default).map_err(|e| e.to_string())?;
+    let flags = if LOAD_TIME_ONLY.contains(&spec.name) {
+        raw::REDISMODULE_CONFIG_IMMUTABLE
+    } else {
+        raw::REDISMODULE_CONFIG_DEFAULT
+    };
     // SAFETY: reads a function pointer that module init filled in.
     let register =
         unsafe { raw::RedisModule_RegisterStringConfig }.ok_or("no RegisterStringConfig API")?;
@@ -76,7 +81,7 @@ fn register(ctx: &Context, index: usize, default: &str) -> Result<(), String> {
             ctx.ctx,
             name.as_ptr(),
             default.as_ptr(),
-            raw::REDISMODULE_CONFIG_DEFAULT,
+            flags,
             Some(get_config),
             Some(set_config),
             Some(apply_config),

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod deb;
+pub mod netns;
 pub mod pki;
 
 use std::collections::BTreeSet;
@@ -673,9 +674,16 @@ pub struct SlapdBuilder {
     ldif: String,
     ldaps: bool,
     timeout: Duration,
+    env: Vec<(String, String)>,
 }
 
 impl SlapdBuilder {
+    /// An environment variable for slapd (e.g. `KRB5_KTNAME` for GSSAPI).
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
+        self
+    }
+
     /// A global slapd.conf line, before `database` (e.g. `allow bind_anon_dn`, `idletimeout 2`,
     /// `TLSCertificateFile /path`).
     pub fn global(mut self, line: impl Into<String>) -> Self {
@@ -744,6 +752,7 @@ impl SlapdBuilder {
                 child: None,
                 frozen: false,
                 timeout: self.timeout,
+                env: self.env.clone(),
             };
             s.write_config(&self)?;
             match s.spawn_and_wait() {
@@ -766,6 +775,7 @@ pub struct Slapd {
     child: Option<Child>,
     frozen: bool,
     timeout: Duration,
+    env: Vec<(String, String)>,
 }
 
 impl Slapd {
@@ -777,6 +787,7 @@ impl Slapd {
             ldif: base_ldif(),
             ldaps: false,
             timeout: START_TIMEOUT,
+            env: Vec::new(),
         }
     }
 
@@ -860,6 +871,7 @@ impl Slapd {
         cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path());
         let child =
             spawn(cmd).map_err(|e| format!("spawn {SLAPD}: {e} (run scripts/install-deps.sh)"))?;
