@@ -207,6 +207,8 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
             "allow_readable_passwd_file",
             "no".into(),
             vec![(b"maybe".to_vec(), "must be one of: no, yes")],
+        ),
+        (
             "search_bind_mechanism",
             "EXTERNAL".into(),
             vec![(
