@@ -74,22 +74,7 @@ fn wait_worker_threads(pid: u32, want: usize) -> usize {
 
 /// Every text a client or an operator can read about the running server.
 fn everything_visible(v: &Valkey) -> String {
-    let mut c = v.raw();
-    let mut out = String::new();
-    for cmd in [
-        &[&b"CONFIG"[..], b"GET", b"*"][..],
-        &[b"MODULE", b"LIST"],
-        &[b"INFO", b"everything"],
-        &[b"SLOWLOG", b"GET", b"1000"],
-        &[b"ACL", b"LOG"],
-        &[b"CLIENT", b"LIST"],
-        &[b"HELLO", b"3"],
-    ] {
-        out += &format!("{:?}\n", c.call(cmd));
-    }
-    out += &v.log();
-    out += &fs::read_to_string(v.config_path()).unwrap_or_default();
-    out
+    everything_shown(v, &mut v.raw())
 }
 
 // --------------------------------------------------------------------------------------------

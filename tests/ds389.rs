@@ -324,6 +324,20 @@ impl Ds {
             .module(args)
             .start()
     }
+
+    /// Valkey in bind mode against this server: `uid=<username>,ou=people,...`.
+    fn bind_mode_valkey(&self) -> Valkey {
+        let suffix = format!(",{PEOPLE_389}");
+        let args = [
+            "servers",
+            "ldap://127.0.0.1",
+            "bind_dn_prefix",
+            "uid=",
+            "bind_dn_suffix",
+            &suffix,
+        ];
+        self.valkey(args.map(String::from).to_vec())
+    }
 }
 
 fn assert_login(v: &Valkey, user: &str, password: &str) {
@@ -339,19 +353,7 @@ fn assert_refused(v: &Valkey, user: &str, password: &str) {
 #[test]
 fn bind_mode_logins() {
     let ds = join_ds();
-    let suffix = format!(",{PEOPLE_389}");
-    let v = ds.valkey(
-        [
-            "servers",
-            "ldap://127.0.0.1",
-            "bind_dn_prefix",
-            "uid=",
-            "bind_dn_suffix",
-            &suffix,
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+    let v = ds.bind_mode_valkey();
     add_acl_users(&v, &["alice", "bob", "nobody"]);
     assert_login(&v, "alice", &pw("alice"));
     assert_refused(&v, "bob", &pw("alice"));
@@ -395,19 +397,7 @@ fn empty_password_refused_without_a_bind() {
         ldap_simple_bind(389, &alice, "", Duration::from_secs(5)).unwrap(),
         53
     );
-    let suffix = format!(",{PEOPLE_389}");
-    let v = ds.valkey(
-        [
-            "servers",
-            "ldap://127.0.0.1",
-            "bind_dn_prefix",
-            "uid=",
-            "bind_dn_suffix",
-            &suffix,
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+    let v = ds.bind_mode_valkey();
     add_acl_users(&v, &["alice"]);
     assert_refused(&v, "alice", "");
     assert_eq!(info_field(&v, "denied_empty_password"), 1);
@@ -435,19 +425,7 @@ fn locked_account_is_a_deny() {
             .arg(&ldif),
         "ldapmodify cn=config",
     );
-    let suffix = format!(",{PEOPLE_389}");
-    let v = ds.valkey(
-        [
-            "servers",
-            "ldap://127.0.0.1",
-            "bind_dn_prefix",
-            "uid=",
-            "bind_dn_suffix",
-            &suffix,
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+    let v = ds.bind_mode_valkey();
     add_acl_users(&v, &["carol"]);
     for _ in 0..3 {
         assert_refused(&v, "carol", "wrong");

@@ -1788,6 +1788,50 @@ impl Reply {
     }
 }
 
+/// Every text in a reply, one per line, bytes decoded (lossily), so that a search for a
+/// string finds it wherever the reply holds it.
+pub fn all_text(reply: &Reply) -> String {
+    match reply {
+        Reply::Simple(t)
+        | Reply::Error(t)
+        | Reply::Double(t)
+        | Reply::BigNumber(t)
+        | Reply::Verbatim(t) => format!("{t}\n"),
+        Reply::Bulk(b) => format!("{}\n", String::from_utf8_lossy(b)),
+        Reply::Int(n) => format!("{n}\n"),
+        Reply::Bool(b) => format!("{b}\n"),
+        Reply::Nil => "nil\n".to_owned(),
+        Reply::Array(items) | Reply::Set(items) | Reply::Push(items) => {
+            items.iter().map(all_text).collect()
+        }
+        Reply::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| format!("{}{}", all_text(k), all_text(v)))
+            .collect(),
+    }
+}
+
+/// What a client or an operator can read about a running server, as text: INFO, CONFIG GET,
+/// SLOWLOG, ACL LOG, CLIENT LIST, MODULE LIST and HELLO, plus the log and the config file
+/// (as CONFIG REWRITE left it). For searches that prove a secret appears nowhere.
+pub fn everything_shown(v: &Valkey, c: &mut RawClient) -> String {
+    let mut out = String::new();
+    for cmd in [
+        &[&b"INFO"[..], b"everything"][..],
+        &[b"CONFIG", b"GET", b"*"],
+        &[b"SLOWLOG", b"GET", b"1000"],
+        &[b"ACL", b"LOG"],
+        &[b"CLIENT", b"LIST"],
+        &[b"MODULE", b"LIST"],
+        &[b"HELLO", b"3"],
+    ] {
+        out += &all_text(&c.call(cmd));
+    }
+    out += &v.log();
+    out += &fs::read_to_string(v.config_path()).unwrap_or_default();
+    out
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
