@@ -399,7 +399,9 @@ pub static OPTIONS: &[OptionSpec] = &[
             Ok(())
         }),
         doc:
-            "Bind mode: text before the username. Used literally (not escaped), so `CORP\\` works.",
+            "Bind mode: text before the username. Used literally (not escaped), so `CORP\\` works \
+             (in valkey.conf write `\"CORP\\\\\"` or unquoted `CORP\\`: a backslash in double quotes \
+             escapes).",
     },
     OptionSpec {
         name: "bind_dn_suffix",

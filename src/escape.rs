@@ -64,9 +64,11 @@ const NOT_IN_ACCOUNT_NAMES: &[char] = &[
 /// (`@corp.example.com`, `CORP\\`), DN escaping would change it (AD reads `\\` in
 /// `CORP\\x\\bob` literally), and nothing there can be escaped. So the username is used as
 /// it is, and refused (None) when it holds a character of [`NOT_IN_ACCOUNT_NAMES`], a control
-/// character, or leading or trailing white space (which a directory may trim, binding an
-/// account whose name differs from the one logged in). Then the account part of the bind name
-/// is exactly the username.
+/// character, a non-ASCII character that is not a letter or digit (full-width `＠` and `＼`,
+/// `∕`, zero-width and bidirectional marks: a directory that folds them could read another
+/// realm or domain into the name), or leading or trailing white space (which a directory may
+/// trim, binding an account whose name differs from the one logged in). Then the account part
+/// of the bind name is exactly the username.
 pub fn bind_name(prefix: &str, username: &str, suffix: &str) -> Option<String> {
     if prefix.contains('=') || suffix.contains('=') {
         return Some(format!("{prefix}{}{suffix}", dn_value(username)));
@@ -74,9 +76,11 @@ pub fn bind_name(prefix: &str, username: &str, suffix: &str) -> Option<String> {
     let refused = username.is_empty()
         || username.starts_with(char::is_whitespace)
         || username.ends_with(char::is_whitespace)
-        || username
-            .chars()
-            .any(|c| c.is_control() || NOT_IN_ACCOUNT_NAMES.contains(&c));
+        || username.chars().any(|c| {
+            c.is_control()
+                || NOT_IN_ACCOUNT_NAMES.contains(&c)
+                || (!c.is_ascii() && !c.is_alphanumeric())
+        });
     (!refused).then(|| format!("{prefix}{username}{suffix}"))
 }
 
@@ -329,6 +333,12 @@ mod tests {
             Some("o'neil #1@corp.example.test")
         );
         for bad in [
+            "alice\u{ff20}other.realm",
+            "OTHER\u{ff3c}alice",
+            "alice\u{2215}x",
+            "alice\u{200b}",
+            "\u{feff}alice",
+            "alice\u{202e}",
             "bob@corp.example.test",
             "bob@evil.test",
             "x\\bob",

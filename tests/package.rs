@@ -40,7 +40,6 @@ fn build_paths() -> Vec<String> {
         env_or("RUSTUP_HOME", format!("{home}/.rustup")),
         home,
         temp_root().display().to_string(),
-        "/work/".into(),
     ]
 }
 
@@ -174,6 +173,25 @@ fn package_file_list_and_control_fields() {
     let mut files = deb::files(deb);
     files.sort();
     let doc = "/usr/share/doc/valkey-valkeyauth";
+    // The vendor notes the README points to, each as it is or compressed by dh_compress.
+    let notes_dir = format!("{doc}/vendor-notes/");
+    let (notes, files): (Vec<String>, Vec<String>) =
+        files.into_iter().partition(|f| f.starts_with(&notes_dir));
+    for entry in fs::read_dir(repo_root().join("vendor-notes")).expect("vendor-notes/") {
+        let name = entry.expect("vendor-notes entry").file_name();
+        let name = name.to_str().expect("UTF-8 name");
+        let plain = format!("{notes_dir}{name}");
+        assert!(
+            notes.contains(&plain) || notes.contains(&format!("{plain}.gz")),
+            "vendor-notes/{name} is not in the package: {notes:?}"
+        );
+    }
+    assert_eq!(
+        notes.len(),
+        fs::read_dir(repo_root().join("vendor-notes"))
+            .unwrap()
+            .count()
+    );
     let mut want = vec![
         INSTALLED_MODULE.to_owned(),
         format!("{doc}/README.md.gz"),
