@@ -21,8 +21,9 @@ use valkey_module::{
 use crate::audit::Record;
 use crate::audit::Sink;
 use crate::cache::{Fingerprint, Lookup};
-use crate::config::LocalFallback;
+use crate::config::{AuthMode, LocalFallback};
 use crate::engine::{Answer, Class, Credentials, Engine, Outcome, Request};
+use crate::escape;
 use crate::mapping;
 use crate::runtime::{Runtime, Task, RUNTIME};
 use crate::stats::{Event, STATS};
@@ -170,7 +171,7 @@ fn begin(
                 trail,
             );
         }
-        _ => STATS.count(Event::CacheMiss),
+        _ => {}
     }
     // Without an ACL user (or provisioning) the login cannot succeed: asking the directory
     // would only let clients guess, or lock out, directory accounts never meant for Valkey.
@@ -184,6 +185,19 @@ fn begin(
             here,
         );
     }
+    if settings.mode == AuthMode::Bind
+        && escape::bind_name_refused(&settings.bind_dn_prefix, name, &settings.bind_dn_suffix)
+    {
+        return conclude(
+            ctx,
+            Some(runtime),
+            username,
+            Outcome::InvalidUsername,
+            fallback,
+            here,
+        );
+    }
+    STATS.count(Event::CacheMiss);
     if let Some(parked) = runtime.waiting.get_mut(&fingerprint) {
         STATS.count(Event::Coalesced);
         parked.push(ctx.block_client_on_auth(on_reply, Some(on_free)));

@@ -99,7 +99,9 @@ pub fn reload(_ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
     if args.len() != 1 {
         return Err(ValkeyError::WrongArity);
     }
-    let settings = valkey_config::current().map_err(|e| ValkeyError::String(format!("ERR {e}")))?;
+    let settings = valkey_config::current()
+        .and_then(|settings| settings.check_password_file_now().map(|()| settings))
+        .map_err(|e| ValkeyError::String(format!("ERR {e}")))?;
     runtime::reconfigure(settings)
         .map_err(|e| ValkeyError::String(format!("ERR cannot start workers: {e}")))?;
     Ok(ValkeyValue::SimpleStringStatic("OK"))

@@ -199,14 +199,13 @@ impl Settings {
         }
         let mut candidate: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
         candidate[index] = value;
-        Settings::parse(&candidate)?.service_password().map(drop)
+        Settings::parse(&candidate)?.check_password_file_now()
     }
 
-    /// Checks what depends on more than one option.
-    fn check_combination(&self) -> Result<(), String> {
-        if self.audit == Sink::File && self.audit_file.is_none() {
-            return Err("audit: `file` needs audit_file set".to_owned());
-        }
+    /// Reads the service password file under this configuration's rules, as module load and
+    /// `VALKEYAUTH.RELOAD` do. Other changes do not read it: a file that went missing must
+    /// not block them.
+    pub fn check_password_file_now(&self) -> Result<(), String> {
         self.service_password()
             .map_err(|e| format!("search_bind_passwd_file: {e}"))?;
         if let (Some(file), true) = (
@@ -216,6 +215,14 @@ impl Settings {
             if file_is_shared(file) {
                 log::warn!("valkeyauth: WARNING: search_bind_passwd_file {} is open to group or others (allowed by allow_readable_passwd_file)", file.display());
             }
+        }
+        Ok(())
+    }
+
+    /// Checks what depends on more than one option.
+    fn check_combination(&self) -> Result<(), String> {
+        if self.audit == Sink::File && self.audit_file.is_none() {
+            return Err("audit: `file` needs audit_file set".to_owned());
         }
         Ok(())
     }
@@ -296,11 +303,35 @@ pub enum Parser {
     /// A path to a secret file: read and checked when set (its permissions against the other
     /// options, when the whole configuration is), then read again when used.
     File(fn(&mut Settings, &str)),
+    /// An absolute path that something else opens later (libldap, Kerberos, the audit
+    /// thread). What it names is checked only when this option is set, so that a file that
+    /// goes away later never blocks changes to other options.
+    Path {
+        kind: PathKind,
+        set: fn(&mut Settings, Option<PathBuf>),
+    },
     /// The setter receives the index of the matched choice.
     Choice {
         choices: &'static [&'static str],
         set: fn(&mut Settings, usize),
     },
+}
+
+impl Parser {
+    pub fn names_a_file(&self) -> bool {
+        matches!(self, Parser::File(_) | Parser::Path { .. })
+    }
+}
+
+/// What a [`Parser::Path`] must name when it is set.
+#[derive(Clone, Copy)]
+pub enum PathKind {
+    /// An existing regular file that can be opened for reading.
+    File,
+    /// The same, or a directory (of hashed CA certificates).
+    FileOrDirectory,
+    /// A file to append to: its directory exists, and the path names a regular file or nothing.
+    Output,
 }
 
 pub struct OptionSpec {
@@ -317,6 +348,10 @@ impl OptionSpec {
             Parser::Text(set) => set(settings, value),
             Parser::File(set) => {
                 set(settings, value);
+                Ok(())
+            }
+            Parser::Path { set, .. } => {
+                set(settings, absolute_path(value)?);
                 Ok(())
             }
             Parser::Number { min, max, set } => {
@@ -343,9 +378,18 @@ impl OptionSpec {
     /// Checks a value without keeping it; returns a snapshot holding only that value, for
     /// checks that need Valkey (ACL rules).
     pub fn validate(&self, value: &str) -> Result<Settings, String> {
-        if let (Parser::File(_), false) = (&self.parser, value.is_empty()) {
-            absolute_path(value)?;
-            read_password_file(Path::new(value), true)?;
+        match &self.parser {
+            Parser::Path { kind, .. } => {
+                if let Some(path) = absolute_path(value)? {
+                    check_path(*kind, &path)?;
+                }
+            }
+            Parser::File(_) => {
+                if let Some(path) = absolute_path(value)? {
+                    read_password_file(&path, true)?;
+                }
+            }
+            _ => {}
         }
         let mut scratch = Settings::blank();
         self.apply(&mut scratch, value)?;
@@ -356,7 +400,7 @@ impl OptionSpec {
     pub fn type_doc(&self) -> String {
         match &self.parser {
             Parser::Text(_) => "string".to_owned(),
-            Parser::File(_) => "path".to_owned(),
+            Parser::File(_) | Parser::Path { .. } => "path".to_owned(),
             Parser::Number { min, max, .. } => format!("number {min}–{max}"),
             Parser::Choice { choices, .. } => format!("`{}`", choices.join("` \\| `")),
         }
@@ -466,8 +510,8 @@ pub static OPTIONS: &[OptionSpec] = &[
             s.search_bind_passwd_file = (!v.is_empty()).then(|| PathBuf::from(v));
         }),
         doc: "Search+bind: a file holding the service account's password (one trailing newline \
-              ignored; must be readable by its owner only). Read again when a connection binds, \
-              on `VALKEYAUTH.RELOAD` and when this option is set again. There is deliberately no \
+              ignored; must be readable by its owner only). Read again when a connection binds \
+              and on `VALKEYAUTH.RELOAD`. There is deliberately no \
               password option: Valkey shows module configs in CONFIG GET, SLOWLOG and rewritten \
               config files.",
     },
@@ -502,10 +546,10 @@ pub static OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "sasl_keytab",
         default: "",
-        parser: Parser::Text(|s, v| {
-            s.sasl_keytab = optional_path(v)?;
-            Ok(())
-        }),
+        parser: Parser::Path {
+            kind: PathKind::File,
+            set: |s, p| s.sasl_keytab = p,
+        },
         doc: "GSSAPI: the client keytab of the service principal, exported as \
               `KRB5_CLIENT_KTNAME` at load (load time only: module argument or valkey.conf). \
               Tickets are fetched from it when needed, and again when they expire. Empty: \
@@ -607,29 +651,29 @@ pub static OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "tls_ca_cert_path",
         default: "",
-        parser: Parser::Text(|s, v| {
-            s.tls.ca_path = optional_path(v)?;
-            Ok(())
-        }),
+        parser: Parser::Path {
+            kind: PathKind::FileOrDirectory,
+            set: |s, p| s.tls.ca_path = p,
+        },
         doc: "CA bundle file (every certificate in it is trusted) or directory of hashed CA \
               certificates. Empty: the system's default trust store.",
     },
     OptionSpec {
         name: "tls_cert_path",
         default: "",
-        parser: Parser::Text(|s, v| {
-            s.tls.cert_path = optional_path(v)?;
-            Ok(())
-        }),
+        parser: Parser::Path {
+            kind: PathKind::File,
+            set: |s, p| s.tls.cert_path = p,
+        },
         doc: "Client certificate (PEM), for servers that require one.",
     },
     OptionSpec {
         name: "tls_key_path",
         default: "",
-        parser: Parser::Text(|s, v| {
-            s.tls.key_path = optional_path(v)?;
-            Ok(())
-        }),
+        parser: Parser::Path {
+            kind: PathKind::File,
+            set: |s, p| s.tls.key_path = p,
+        },
         doc: "Key of the client certificate (PEM).",
     },
     OptionSpec {
@@ -848,10 +892,10 @@ pub static OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "audit_file",
         default: "",
-        parser: Parser::Text(|s, v| {
-            s.audit_file = audit_path(v)?;
-            Ok(())
-        }),
+        parser: Parser::Path {
+            kind: PathKind::Output,
+            set: |s, p| s.audit_file = p,
+        },
         doc: "The JSON-lines file of `audit file`, created 0600. Written by a thread of its own. \
               After log rotation it is opened again by `VALKEYAUTH.AUDIT REOPEN`, or by itself \
               when the file was moved or deleted.",
@@ -998,8 +1042,9 @@ fn parse_attribute(v: &str) -> Result<String, String> {
 /// file, which is Valkey's main thread on `CONFIG SET`.
 const O_NONBLOCK: i32 = 0o4000;
 
-/// A password file longer than this is not a password file.
-const MAX_PASSWORD_FILE_BYTES: u64 = 16 * 1024 + 2;
+/// The longest service password; its file may hold a line end on top.
+const MAX_PASSWORD_BYTES: usize = 16 * 1024;
+const MAX_PASSWORD_FILE_BYTES: u64 = MAX_PASSWORD_BYTES as u64 + 2;
 
 /// Opens a regular file without blocking on whatever else the path may name.
 pub fn open_regular_file(options: &mut fs::OpenOptions, path: &Path) -> Result<fs::File, String> {
@@ -1034,18 +1079,25 @@ pub fn read_password_file(path: &Path, allow_shared: bool) -> Result<Secret, Str
     if meta.len() > MAX_PASSWORD_FILE_BYTES {
         return Err(format!("'{path_text}' is too long for a password file"));
     }
+    // One byte more than a file may hold: files whose size says nothing (`/proc`) are
+    // measured by what they give.
     let mut bytes = Vec::new();
-    file.take(MAX_PASSWORD_FILE_BYTES)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read '{path_text}': {e}"))?;
+    let read = file
+        .take(MAX_PASSWORD_FILE_BYTES + 1)
+        .read_to_end(&mut bytes);
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
             bytes.pop();
         }
     }
+    let fits = bytes.len() <= MAX_PASSWORD_BYTES;
     let secret = Secret::new(&bytes);
     bytes.fill(0);
+    read.map_err(|e| format!("cannot read '{path_text}': {e}"))?;
+    if !fits {
+        return Err(format!("'{path_text}' is too long for a password file"));
+    }
     if secret.is_empty() {
         // An empty password turns the service bind into an unauthenticated bind.
         return Err(format!("'{path_text}' holds an empty password"));
@@ -1069,22 +1121,26 @@ fn absolute_path(v: &str) -> Result<Option<PathBuf>, String> {
     }
 }
 
-/// Where the audit file goes: an absolute path in an existing directory, naming nothing but a
-/// regular file. (Opening and writing it is the audit thread's job.)
-fn audit_path(v: &str) -> Result<Option<PathBuf>, String> {
-    let Some(path) = absolute_path(v)? else {
-        return Ok(None);
-    };
-    if path.parent().is_some_and(|dir| !dir.is_dir()) {
-        return Err(format!(
-            "the directory of '{}' does not exist",
-            path.display()
-        ));
+/// Checks what a [`Parser::Path`] names. Files are opened without blocking, so that a FIFO
+/// is refused here instead of hanging whichever thread opens it later.
+fn check_path(kind: PathKind, path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    match kind {
+        PathKind::File => open_regular_file(fs::OpenOptions::new().read(true), path).map(drop),
+        PathKind::FileOrDirectory if path.is_dir() => fs::read_dir(path)
+            .map(drop)
+            .map_err(|e| format!("cannot read '{shown}': {e}")),
+        PathKind::FileOrDirectory => check_path(PathKind::File, path),
+        PathKind::Output => {
+            if path.parent().is_some_and(|dir| !dir.is_dir()) {
+                return Err(format!("the directory of '{shown}' does not exist"));
+            }
+            if fs::metadata(path).is_ok_and(|meta| !meta.is_file()) {
+                return Err(format!("'{shown}' is not a regular file"));
+            }
+            Ok(())
+        }
     }
-    if fs::metadata(&path).is_ok_and(|meta| !meta.is_file()) {
-        return Err(format!("'{}' is not a regular file", path.display()));
-    }
-    Ok(Some(path))
 }
 
 #[cfg(test)]
@@ -1231,6 +1287,8 @@ mod tests {
                 })
                 .collect();
             assert!(Settings::from_values(&values)
+                .unwrap()
+                .check_password_file_now()
                 .unwrap_err()
                 .contains("chmod 600"));
             let allowed: Vec<String> = OPTIONS
@@ -1251,6 +1309,20 @@ mod tests {
             .unwrap_err()
             .contains("empty"));
         assert!(set("search_bind_passwd_file", "/nonexistent/pw").is_err());
+
+        // 16 KiB of password, with or without a line end; one byte more is refused.
+        let max = "p".repeat(MAX_PASSWORD_BYTES);
+        for (contents, fits) in [
+            (format!("{max}\r\n"), true),
+            (max.clone(), true),
+            (format!("{max}x"), false),
+            (format!("{max}x\n"), false),
+            (format!("{max}xy"), false),
+        ] {
+            fs::write(&file, contents).unwrap();
+            let read = read_password_file(&file, false);
+            assert_eq!(read.is_ok(), fits, "{:?}", read.err());
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -70,18 +70,31 @@ const NOT_IN_ACCOUNT_NAMES: &[char] = &[
 /// trim, binding an account whose name differs from the one logged in). Then the account part
 /// of the bind name is exactly the username.
 pub fn bind_name(prefix: &str, username: &str, suffix: &str) -> Option<String> {
-    if prefix.contains('=') || suffix.contains('=') {
+    if is_dn_form(prefix, suffix) {
         return Some(format!("{prefix}{}{suffix}", dn_value(username)));
     }
-    let refused = username.is_empty()
+    (!refused_account_name(username)).then(|| format!("{prefix}{username}{suffix}"))
+}
+
+/// True when [`bind_name`] would refuse `username`; cheap enough for Valkey's main thread,
+/// which refuses such names without asking a worker.
+pub fn bind_name_refused(prefix: &str, username: &str, suffix: &str) -> bool {
+    !is_dn_form(prefix, suffix) && refused_account_name(username)
+}
+
+fn is_dn_form(prefix: &str, suffix: &str) -> bool {
+    prefix.contains('=') || suffix.contains('=')
+}
+
+fn refused_account_name(username: &str) -> bool {
+    username.is_empty()
         || username.starts_with(char::is_whitespace)
         || username.ends_with(char::is_whitespace)
         || username.chars().any(|c| {
             c.is_control()
                 || NOT_IN_ACCOUNT_NAMES.contains(&c)
                 || (!c.is_ascii() && !c.is_alphanumeric())
-        });
-    (!refused).then(|| format!("{prefix}{username}{suffix}"))
+        })
 }
 
 enum HexCase {

@@ -50,9 +50,14 @@ pub fn load(ctx: &Context, args: &[ValkeyString]) -> Result<Settings, String> {
     }
     // SAFETY: called from OnLoad with its context, after every config of ours is registered.
     if unsafe { raw::RedisModule_LoadConfigs.ok_or("no LoadConfigs API")?(ctx.ctx) } != OK {
-        return Err("valkey.conf holds an invalid valkeyauth option (see above)".to_owned());
+        return Err(
+            "a valkeyauth option (module argument or valkey.conf line) is invalid (see above)"
+                .to_owned(),
+        );
     }
-    current()
+    let settings = current()?;
+    settings.check_password_file_now()?;
+    Ok(settings)
 }
 
 /// Frees what `load` kept; called on unload.
@@ -66,8 +71,12 @@ fn register(ctx: &Context, index: usize, default: &str) -> Result<(), String> {
     let spec = &OPTIONS[index];
     let name = CString::new(spec.name).map_err(|e| e.to_string())?;
     let default = CString::new(default).map_err(|e| e.to_string())?;
+    // Paths are protected as Valkey protects `dir` and `dbfilename`: whoever may CONFIG SET
+    // must not thereby read or append to any file the server can reach.
     let flags = if LOAD_TIME_ONLY.contains(&spec.name) {
         raw::REDISMODULE_CONFIG_IMMUTABLE
+    } else if spec.parser.names_a_file() {
+        raw::REDISMODULE_CONFIG_PROTECTED
     } else {
         raw::REDISMODULE_CONFIG_DEFAULT
     };

@@ -63,6 +63,17 @@ fn password_file(dir: &Path, name: &str, contents: &str, mode: u32) -> String {
     path.to_str().expect("utf-8").to_owned()
 }
 
+/// Makes a named pipe `dir/name`; returns its path.
+fn make_fifo(dir: &Path, name: &str) -> String {
+    let path = dir.join(name);
+    let st = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("mkfifo");
+    assert!(st.success(), "mkfifo {}", path.display());
+    path.to_str().expect("utf-8").to_owned()
+}
+
 fn auth(v: &Valkey, user: &FixtureUser) -> Reply {
     v.raw().auth(user.name.as_bytes(), user.password.as_bytes())
 }
@@ -110,6 +121,14 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
     let open_pw = password_file(dir.path(), "open.pw", "searcher-pw\n", 0o644);
     let empty_pw = password_file(dir.path(), "empty.pw", "\n", 0o600);
     let servers = format!("{} ldap://127.0.0.1:1", slapd.url());
+    // TLS files are checked when set, never read in full: any regular file passes. A FIFO
+    // would hang whichever thread opened it.
+    let ca_file = password_file(dir.path(), "ca.pem", "not read here", 0o644);
+    let cert_file = password_file(dir.path(), "client.pem", "not read here", 0o644);
+    let key_file = password_file(dir.path(), "client.key", "not read here", 0o600);
+    let fifo = make_fifo(dir.path(), "pipe.pem");
+    let missing = dir.path().join("missing.pem").to_str().unwrap().to_owned();
+    let dir_path = dir.path().to_str().unwrap().to_owned();
 
     // (option, valid value, [(bad value, words the error must contain)])
     let cases: Vec<(&str, String, BadValues)> = vec![
@@ -274,18 +293,32 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
         ),
         (
             "tls_ca_cert_path",
-            "/etc/ssl/certs/ca-certificates.crt".into(),
-            vec![(b"/etc/ssl/ca\n.pem".to_vec(), "control characters")],
+            ca_file.clone(),
+            vec![
+                (b"/etc/ssl/ca\n.pem".to_vec(), "control characters"),
+                (b"ca.pem".to_vec(), "absolute path"),
+                (missing.as_bytes().to_vec(), "No such file"),
+                (fifo.as_bytes().to_vec(), "not a regular file"),
+            ],
         ),
         (
             "tls_cert_path",
-            "/etc/valkey/client.pem".into(),
-            vec![(b"/etc/valkey/\x07.pem".to_vec(), "control characters")],
+            cert_file.clone(),
+            vec![
+                (b"/etc/valkey/\x07.pem".to_vec(), "control characters"),
+                (dir_path.as_bytes().to_vec(), "not a regular file"),
+                (fifo.as_bytes().to_vec(), "not a regular file"),
+            ],
         ),
         (
             "tls_key_path",
-            "/etc/valkey/client.key".into(),
-            vec![(b"/etc/valkey/client.key\r".to_vec(), "control characters")],
+            key_file.clone(),
+            vec![
+                (b"/etc/valkey/client.key\r".to_vec(), "control characters"),
+                (b"client.key".to_vec(), "absolute path"),
+                (missing.as_bytes().to_vec(), "No such file"),
+                (fifo.as_bytes().to_vec(), "not a regular file"),
+            ],
         ),
         (
             "tls_require_cert",
@@ -407,6 +440,7 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (b"/nonexistent-dir/audit.jsonl".to_vec(), "does not exist"),
                 (b"/tmp".to_vec(), "not a regular file"),
                 (b"/dev/full".to_vec(), "not a regular file"),
+                (fifo.as_bytes().to_vec(), "not a regular file"),
             ],
         ),
     ];
@@ -705,6 +739,10 @@ fn config_rewrite_round_trips() {
     let slapd2 = Slapd::start_default();
     let mut v = Valkey::builder().module([] as [&str; 0]).start();
     add_acl_users(&v, &["alice"]);
+    let files = TempDir::new("config-rewrite");
+    let spaced = files.path().join("ca certs");
+    fs::create_dir(&spaced).unwrap();
+    let tls_file = |name: &str| password_file(&spaced, name, "not read here", 0o600);
     let servers = format!("{} , {}", slapd.url(), slapd2.url());
     let values: Vec<(&str, String)> = vec![
         ("servers", servers),
@@ -729,9 +767,9 @@ fn config_rewrite_round_trips() {
         ("health_check_interval_ms", "300".into()),
         ("use_starttls", "no".into()),
         // Paths with a space; TLS settings are not used by ldap:// without StartTLS.
-        ("tls_ca_cert_path", "/etc/valkey/ca certs/ca.pem".into()),
-        ("tls_cert_path", "/etc/valkey/client.pem".into()),
-        ("tls_key_path", "/etc/valkey/client.key".into()),
+        ("tls_ca_cert_path", tls_file("ca.pem")),
+        ("tls_cert_path", tls_file("client.pem")),
+        ("tls_key_path", tls_file("client.key")),
         ("tls_require_cert", "try".into()),
         ("tls_min_version", "1.3".into()),
         ("cache_ttl_s", "45".into()),

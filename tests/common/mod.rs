@@ -1361,7 +1361,7 @@ impl Valkey {
             "logfile {}\n",
             conf_quote(self.logfile.to_str().expect("utf-8 path"))
         );
-        c += "daemonize no\nsave \"\"\nappendonly no\nenable-module-command yes\nenable-debug-command yes\n";
+        c += "daemonize no\nsave \"\"\nappendonly no\nenable-module-command yes\nenable-debug-command yes\nenable-protected-configs yes\n";
         if let Some((path, args)) = &b.module {
             c += "loadmodule ";
             c += &conf_quote(path.to_str().expect("utf-8 module path"));
