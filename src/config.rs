@@ -461,7 +461,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         name: "search_base",
         default: "",
         parser: Parser::Text(|s, v| {
-            s.search_base = plain_text(v)?;
+            s.search_base = parse_dn(v)?;
             Ok(())
         }),
         doc: "Search+bind: the DN to search under.",
@@ -783,7 +783,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         name: "group_search_base",
         default: "",
         parser: Parser::Text(|s, v| {
-            s.groups.base = plain_text(v)?;
+            s.groups.base = parse_dn(v)?;
             Ok(())
         }),
         doc: "Where groups are searched. Empty: `search_base`.",
@@ -804,7 +804,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         name: "group_membership_attribute",
         default: "",
         parser: Parser::Text(|s, v| {
-            s.groups.membership_attribute = if v.trim().is_empty() {
+            s.groups.membership_attribute = if plain_text(v)?.trim().is_empty() {
                 String::new()
             } else {
                 parse_attribute(v)?
@@ -850,7 +850,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         name: "exempt_users",
         default: "default",
         parser: Parser::Text(|s, v| {
-            s.exempt_users = v
+            s.exempt_users = plain_text(v)?
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|u| !u.is_empty())
                 .map(str::to_owned)
@@ -928,6 +928,15 @@ fn plain_text(v: &str) -> Result<String, String> {
         return Err("must not contain control characters".to_owned());
     }
     Ok(v.to_owned())
+}
+
+/// A DN, checked by libldap's own parser (empty: the root).
+fn parse_dn(v: &str) -> Result<String, String> {
+    let v = plain_text(v)?;
+    if !crate::ldap::is_dn(&v) {
+        return Err("must be a DN such as ou=people,dc=example,dc=com".to_owned());
+    }
+    Ok(v)
 }
 
 fn optional_path(v: &str) -> Result<Option<PathBuf>, String> {
@@ -1257,6 +1266,24 @@ mod tests {
         ];
         for bad in bad {
             assert!(set("search_filter", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bases_are_dns() {
+        for good in [
+            "",
+            "ou=people,dc=example,dc=test",
+            "ou=people, dc=example,dc=test",
+            "DC=corp,DC=example,DC=test",
+            "cn=a\\,b,dc=x",
+        ] {
+            assert!(set("search_base", good).is_ok(), "{good}");
+            assert!(set("group_search_base", good).is_ok(), "{good}");
+        }
+        for bad in ["abc", "${HOME}", "ou=x,", "=x", "ou=people,,dc=x"] {
+            assert!(set("search_base", bad).is_err(), "{bad}");
+            assert!(set("group_search_base", bad).is_err(), "{bad}");
         }
     }
 

@@ -546,6 +546,36 @@ pub fn x509_name_to_string(name: &[u8]) -> Option<String> {
     String::from_utf8(owned.to_bytes()).ok()
 }
 
+/// True when `text` parses as an RFC 4514 DN (the empty DN included).
+pub fn is_dn(text: &str) -> bool {
+    let Ok(c_text) = CString::new(text) else {
+        return false;
+    };
+    let mut parsed = ParsedDn(ptr::null_mut());
+    // SAFETY: `c_text` is a valid C string for the call; on success libldap stores a
+    // structure in `parsed.0`, which `ParsedDn` frees.
+    let status = unsafe {
+        sys::ldap_str2dn(
+            c_text.as_ptr(),
+            &raw mut parsed.0,
+            sys::LDAP_DN_FORMAT_LDAPV3,
+        )
+    };
+    status == sys::LDAP_SUCCESS
+}
+
+/// What `ldap_str2dn` allocated.
+struct ParsedDn(*mut c_void);
+
+impl Drop for ParsedDn {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: allocated by ldap_str2dn and freed only here.
+            unsafe { sys::ldap_dnfree(self.0) };
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Global initialisation
 // ---------------------------------------------------------------------------

@@ -274,6 +274,11 @@ extern "C" {
         flags: c_uint,
     ) -> c_int;
 
+    /// Parses `str` as a DN; on success `dn` holds a structure the caller frees with
+    /// `ldap_dnfree`.
+    pub fn ldap_str2dn(str: *const c_char, dn: *mut *mut c_void, flags: c_uint) -> c_int;
+    pub fn ldap_dnfree(dn: *mut c_void);
+
     // getvalues.c
     pub fn ldap_get_values_len(
         ld: *mut LDAP,

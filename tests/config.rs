@@ -169,7 +169,10 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
         (
             "search_base",
             PEOPLE.into(),
-            vec![(b"ou=x\0y".to_vec(), "control characters")],
+            vec![
+                (b"ou=x\0y".to_vec(), "control characters"),
+                (b"${HOME}".to_vec(), "must be a DN"),
+            ],
         ),
         (
             "search_scope",
@@ -384,7 +387,10 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
         (
             "group_search_base",
             GROUPS.into(),
-            vec![(b"ou=groups\n".to_vec(), "control characters")],
+            vec![
+                (b"ou=groups\n".to_vec(), "control characters"),
+                (b"groups".to_vec(), "must be a DN"),
+            ],
         ),
         (
             "group_search_filter",
@@ -397,7 +403,10 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
         (
             "group_membership_attribute",
             "memberOf".into(),
-            vec![(b"member of".to_vec(), "attribute name")],
+            vec![
+                (b"member of".to_vec(), "attribute name"),
+                (b"\r\n".to_vec(), "control characters"),
+            ],
         ),
         (
             "nested_groups",
@@ -417,7 +426,11 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
             ":".into(),
             vec![(b"\t".to_vec(), "control characters")],
         ),
-        ("exempt_users", "default,ops backup".into(), vec![]),
+        (
+            "exempt_users",
+            "default,ops backup".into(),
+            vec![(b"default\0ops".to_vec(), "control characters")],
+        ),
         (
             "local_fallback",
             "unavailable".into(),
@@ -680,7 +693,16 @@ fn a_bad_value_in_valkey_conf_refuses_to_start() {
 
 #[test]
 fn bad_module_arguments_refuse_to_load() {
-    let cases: [(&[&str], &[&str]); 4] = [
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &[
+                "servers",
+                "ldap://127.0.0.1:1",
+                "servers",
+                "ldap://127.0.0.1:2",
+            ],
+            &["module argument 'servers' is given twice"],
+        ),
         (
             &["no_such_option", "1"],
             &["unknown module argument 'no_such_option'"],
