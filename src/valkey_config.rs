@@ -109,14 +109,10 @@ fn defaults_with_args(args: &[ValkeyString]) -> Result<Vec<String>, String> {
         return Err("module arguments must be <name> <value> pairs".to_owned());
     }
     let mut defaults: Vec<String> = OPTIONS.iter().map(|o| o.default.to_owned()).collect();
-    let mut given = vec![false; OPTIONS.len()];
     for pair in args.chunks(2) {
         let name = String::from_utf8_lossy(pair[0].as_slice());
         let index = OptionSpec::index_of(&name)
             .ok_or_else(|| format!("unknown module argument '{}'", name.escape_debug()))?;
-        if std::mem::replace(&mut given[index], true) {
-            return Err(format!("module argument '{name}' is given twice"));
-        }
         let value = std::str::from_utf8(pair[1].as_slice())
             .map_err(|_| format!("{name}: must be UTF-8 text"))?;
         // The password file is checked against every argument together, by `current`.

@@ -693,16 +693,7 @@ fn a_bad_value_in_valkey_conf_refuses_to_start() {
 
 #[test]
 fn bad_module_arguments_refuse_to_load() {
-    let cases: [(&[&str], &[&str]); 5] = [
-        (
-            &[
-                "servers",
-                "ldap://127.0.0.1:1",
-                "servers",
-                "ldap://127.0.0.1:2",
-            ],
-            &["module argument 'servers' is given twice"],
-        ),
+    let cases: [(&[&str], &[&str]); 4] = [
         (
             &["no_such_option", "1"],
             &["unknown module argument 'no_such_option'"],
