@@ -5,7 +5,7 @@
 //! those that answer up again, so traffic returns to a recovered higher-priority server.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -162,18 +162,36 @@ pub struct Checker {
     // Declared before `thread`: dropping closes the channel, then the join finds it leaving.
     updates: Option<Sender<Arc<Generation>>>,
     thread: Option<JoinHandle<()>>,
+    /// [`IDLE`], [`PROBING`] or [`STOPPING`]: the thread probes only from idle, and the
+    /// checker is stopped only from idle, so a stop never waits on a directory.
+    state: Arc<AtomicU8>,
 }
+
+const IDLE: u8 = 0;
+const PROBING: u8 = 1;
+const STOPPING: u8 = 2;
 
 impl Checker {
     pub fn start(generation: Arc<Generation>) -> io::Result<Checker> {
         let (updates, rx) = unbounded();
+        let state = Arc::new(AtomicU8::new(IDLE));
+        let thread_state = Arc::clone(&state);
         let thread = thread::Builder::new()
             .name("valkeyauth-health".to_owned())
-            .spawn(move || check_loop(generation, rx))?;
+            .spawn(move || check_loop(generation, rx, &thread_state))?;
         Ok(Checker {
             updates: Some(updates),
             thread: Some(thread),
+            state,
         })
+    }
+
+    /// Keeps the thread from starting another probe, so that dropping the checker joins at
+    /// once. False (and nothing changed) while a probe is talking to a directory.
+    pub fn try_stop(&self) -> bool {
+        self.state
+            .compare_exchange(IDLE, STOPPING, AcqRel, Relaxed)
+            .is_ok()
     }
 
     /// Hands the checker a new configuration; never waits.
@@ -194,14 +212,28 @@ impl Drop for Checker {
     }
 }
 
-fn check_loop(mut generation: Arc<Generation>, updates: Receiver<Arc<Generation>>) {
+fn check_loop(
+    mut generation: Arc<Generation>,
+    updates: Receiver<Arc<Generation>>,
+    state: &AtomicU8,
+) {
     loop {
         match updates.recv_timeout(generation.settings.health_check_interval) {
             Ok(newer) => generation = newer,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
+        if generation.health.to_probe().next().is_none() {
+            continue;
+        }
+        if state
+            .compare_exchange(IDLE, PROBING, AcqRel, Relaxed)
+            .is_err()
+        {
+            return; // stopping
+        }
         let probed = std::panic::catch_unwind(|| probe_down_servers(&generation));
+        state.store(IDLE, Relaxed);
         if probed.is_err() {
             log::warn!("valkeyauth: the health checker recovered from an internal error");
         }

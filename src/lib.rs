@@ -85,9 +85,13 @@ fn export_keytab(settings: &config::Settings) {
     }
 }
 
-/// MODULE UNLOAD: closes the queue and joins every worker before the library can be unmapped.
+/// MODULE UNLOAD: closes the queue and joins every worker before the library can be unmapped,
+/// or refuses (Valkey keeps the module loaded) rather than wait on a directory.
 fn deinit(_ctx: &Context) -> Status {
-    runtime::stop();
+    if let Err(why) = runtime::stop() {
+        log::warn!("valkeyauth: not unloading: {why}; try again later");
+        return Status::Err;
+    }
     valkey_config::clear();
     Status::Ok
 }

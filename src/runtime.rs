@@ -148,7 +148,24 @@ pub fn audit_file(settings: &Settings) -> Option<&std::path::Path> {
 }
 
 /// Closes every channel and joins every thread: after unload, none of our code may run.
-pub fn stop() {
-    let runtime = RUNTIME.lock().take();
-    drop(runtime);
+/// Refused (with the reason, and nothing changed) while the health checker is inside a
+/// directory call: joining it would hold Valkey's main thread for up to the connect and
+/// operation timeouts. Workers need no such check: Valkey refuses the unload while any client
+/// waits on the module, and a worker does nothing on the network after answering its client.
+pub fn stop() -> Result<(), String> {
+    let mut guard = RUNTIME.lock();
+    let Some(runtime) = guard.as_ref() else {
+        return Ok(());
+    };
+    if !runtime.checker.try_stop() {
+        let timeouts = &runtime.generation.settings.timeouts;
+        return Err(format!(
+            "the health checker is probing a directory server that is down (each step for up \
+             to connect_timeout_ms {} / operation_timeout_ms {})",
+            timeouts.connect.as_millis(),
+            timeouts.operation.as_millis()
+        ));
+    }
+    drop(guard.take());
+    Ok(())
 }

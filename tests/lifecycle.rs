@@ -255,8 +255,9 @@ fn unload_is_refused_while_a_client_waits_on_the_directory() {
     assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
     assert_eq!(waiting.read().error(), Some(UNAVAILABLE));
     assert_eq!(wait(0, || blocked(&mut c)), 0);
-    let r = module_unload(&mut c);
-    assert!(r.is_ok(), "MODULE UNLOAD after the AUTH finished: {r}");
+    // The timed-out server is now probed by the health checker, which may refuse the unload
+    // for the length of one probe (see unload_never_waits_on_a_directory).
+    unload_when_idle(&mut c);
     assert_eq!(wait(0, || worker_threads(pid)), 0);
 
     // A client that leaves while its AUTH waits: unload is still refused until the worker is
@@ -277,7 +278,8 @@ fn unload_is_refused_while_a_client_waits_on_the_directory() {
             break;
         }
         assert!(
-            r.error().is_some_and(|e| e.contains("blocked clients")),
+            r.error()
+                .is_some_and(|e| e.contains("blocked clients") || e.contains(UNLOAD_REFUSED)),
             "{r}"
         );
         refusals += 1;
@@ -297,6 +299,108 @@ fn unload_is_refused_while_a_client_waits_on_the_directory() {
     // Without the module, Valkey answers as usual.
     assert_eq!(auth(&v, "alice", ALICE.password).error(), Some(WRONGPASS));
     assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_no_crash(&v.log());
+}
+
+/// What Valkey answers when the module's OnUnload refuses.
+const UNLOAD_REFUSED: &str = "operation not possible";
+
+/// MODULE UNLOAD, again every 20 ms while it is refused because a module thread is inside a
+/// directory call; each refusal must be immediate.
+fn unload_when_idle(c: &mut RawClient) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut refusals = 0;
+    loop {
+        let t = Instant::now();
+        let r = module_unload(c);
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "MODULE UNLOAD took {:?}",
+            t.elapsed()
+        );
+        if r.is_ok() {
+            return refusals;
+        }
+        assert!(r.error().is_some_and(|e| e.contains(UNLOAD_REFUSED)), "{r}");
+        assert!(
+            Instant::now() < deadline,
+            "MODULE UNLOAD still refused: {r}"
+        );
+        refusals += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A frozen directory: the health checker's probe waits for its timeouts. MODULE UNLOAD must
+/// not join it on Valkey's main thread: it is refused at once with one clear log line, the
+/// module keeps working, and the unload succeeds once the probe is over.
+#[test]
+fn unload_never_waits_on_a_directory() {
+    let mut slapd = Slapd::start_default();
+    let v = Valkey::builder()
+        .module(bind_args(
+            &slapd.url(),
+            &[
+                "connect_timeout_ms",
+                "3000",
+                "operation_timeout_ms",
+                "4000",
+                "auth_timeout_ms",
+                "500",
+                "health_check_interval_ms",
+                "50",
+            ],
+        ))
+        .start();
+    add_acl_users(&v, &["alice"]);
+    assert!(auth(&v, "alice", ALICE.password).is_ok());
+    slapd.freeze();
+    // Cut short by its own deadline, the AUTH makes the server suspect: the checker probes it
+    // with the full timeouts.
+    assert_eq!(auth(&v, "alice", ALICE.password).error(), Some(UNAVAILABLE));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut c = v.raw();
+    let pinger = {
+        let mut p = v.raw();
+        std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..40 {
+                let t = Instant::now();
+                assert_eq!(p.call(&[b"PING"]), Reply::Simple("PONG".into()));
+                slowest = slowest.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            slowest
+        })
+    };
+    let t = Instant::now();
+    let r = module_unload(&mut c);
+    let took = t.elapsed();
+    assert!(r.error().is_some_and(|e| e.contains(UNLOAD_REFUSED)), "{r}");
+    assert!(
+        took < Duration::from_millis(300),
+        "the refusal took {took:?}"
+    );
+    let slowest = pinger.join().unwrap();
+    assert!(
+        slowest < Duration::from_millis(300),
+        "a PING took {slowest:?}"
+    );
+    assert!(v.wait_for_log(
+        "valkeyauth: not unloading: the health checker is probing",
+        Duration::from_secs(2)
+    ));
+    // Still loaded and answering.
+    assert_eq!(auth(&v, "alice", "wrong").error(), Some(UNAVAILABLE));
+    assert!(info_section(&v).contains("valkeyauth"));
+
+    slapd.thaw();
+    unload_when_idle(&mut c);
+    assert_eq!(wait(0, || worker_threads(v.pid())), 0);
+    let r = module_load(&mut c, &slapd.url(), &[]);
+    assert!(r.is_ok(), "{r}");
+    assert!(auth(&v, "alice", ALICE.password).is_ok());
     assert_no_crash(&v.log());
 }
 
