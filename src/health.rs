@@ -263,6 +263,55 @@ fn probe_down_servers(generation: &Generation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Settings;
+    use crate::ldap::Timeouts;
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A server that takes connections and never answers: the probe waits for its timeout.
+    /// The checker refuses to stop meanwhile and goes on probing; once idle it stops, and
+    /// dropping it joins at once.
+    #[test]
+    fn stops_only_between_probes() {
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut settings = Settings::defaults();
+        settings.servers = vec![format!("ldap://{}", silent.local_addr().unwrap())];
+        settings.timeouts = Timeouts {
+            connect: Duration::from_millis(400),
+            operation: Duration::from_millis(400),
+        };
+        settings.health_check_interval = Duration::from_millis(10);
+        let generation = Arc::new(Generation::new(settings));
+        generation.health.mark_down(0);
+        let checker = Checker::start(Arc::clone(&generation)).unwrap();
+
+        wait_until("the first probe", || checker.state.load(Relaxed) == PROBING);
+        assert!(!checker.try_stop());
+        assert_eq!(checker.state.load(Relaxed), PROBING);
+        // Refused, it goes on: the probe fails, and later ones too.
+        wait_until("two failed probes", || {
+            generation.health.consecutive_failures(0) >= 3
+        });
+
+        // No listener: each probe now fails at once, and a stop gets in between two.
+        drop(silent);
+        wait_until("the checker is idle", || checker.try_stop());
+        let t = Instant::now();
+        drop(checker);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
 
     #[test]
     fn marks_count_failures_until_up() {
