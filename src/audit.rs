@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
-use crate::config::open_regular_file;
 use crate::engine::{Class, Outcome};
+use crate::files::open_regular_file;
 use crate::ldap::is_unsafe_for_log;
 use crate::stats::{Event, STATS};
 use crate::valkey_log;

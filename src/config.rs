@@ -5,12 +5,13 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::audit::Sink;
 use crate::cache::Limits;
+use crate::files::{self, open_regular_file};
 use crate::ldap::{RequireCert, Scope, Timeouts, TlsSettings, TlsVersion};
 use crate::mapping::{self, Mapping};
 use crate::secret::Secret;
@@ -1047,29 +1048,9 @@ fn parse_attribute(v: &str) -> Result<String, String> {
     Ok(v.to_owned())
 }
 
-/// `O_NONBLOCK` (Linux): opening a FIFO or a device must not hold the thread that reads the
-/// file, which is Valkey's main thread on `CONFIG SET`.
-const O_NONBLOCK: i32 = 0o4000;
-
 /// The longest service password; its file may hold a line end on top.
 const MAX_PASSWORD_BYTES: usize = 16 * 1024;
 const MAX_PASSWORD_FILE_BYTES: u64 = MAX_PASSWORD_BYTES as u64 + 2;
-
-/// Opens a regular file without blocking on whatever else the path may name.
-pub fn open_regular_file(options: &mut fs::OpenOptions, path: &Path) -> Result<fs::File, String> {
-    let path_text = path.display();
-    let file = options
-        .custom_flags(O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot open '{path_text}': {e}"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read '{path_text}': {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("'{path_text}' is not a regular file"));
-    }
-    Ok(file)
-}
 
 /// Reads a service password: one trailing newline dropped; refused when empty, too long, not
 /// a regular file, or open to group or others (unless `allow_shared`).
@@ -1130,15 +1111,13 @@ fn absolute_path(v: &str) -> Result<Option<PathBuf>, String> {
     }
 }
 
-/// Checks what a [`Parser::Path`] names. Files are opened without blocking, so that a FIFO
-/// is refused here instead of hanging whichever thread opens it later.
+/// Checks what a [`Parser::Path`] names, so that a FIFO or a pseudo file is refused here
+/// instead of hanging whichever thread opens it later.
 fn check_path(kind: PathKind, path: &Path) -> Result<(), String> {
     let shown = path.display();
     match kind {
-        PathKind::File => open_regular_file(fs::OpenOptions::new().read(true), path).map(drop),
-        PathKind::FileOrDirectory if path.is_dir() => fs::read_dir(path)
-            .map(drop)
-            .map_err(|e| format!("cannot read '{shown}': {e}")),
+        PathKind::File => files::library_input(path).map(drop),
+        PathKind::FileOrDirectory if path.is_dir() => files::library_input_dir(path).map(drop),
         PathKind::FileOrDirectory => check_path(PathKind::File, path),
         PathKind::Output => {
             if path.parent().is_some_and(|dir| !dir.is_dir()) {

@@ -1152,32 +1152,26 @@ fn tls_path(
     what: &str,
     files: &mut Vec<FileStamp>,
 ) -> Result<(CString, bool), LdapError> {
-    let bad = |reason: &dyn fmt::Display| {
-        LdapError::tls_settings(
-            ResultCode::PARAM_ERROR,
-            &format!("{what} {}: {reason}", path.display()),
-        )
+    // Each reason names the path.
+    let bad = |reason: String| {
+        LdapError::tls_settings(ResultCode::PARAM_ERROR, &format!("{what}: {reason}"))
     };
-    let meta = std::fs::metadata(path).map_err(|e| bad(&e))?;
-    files.push(FileStamp::of(&meta));
-    let is_dir = meta.is_dir();
+    // The TLS library opens these with blocking calls on the worker's thread: a FIFO
+    // swapped in since the option was set must fail here, not hang the worker.
+    let is_dir = path.is_dir();
     if is_dir {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| bad(&e))?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .collect();
-        entries.sort();
-        // Following symbolic links (OpenSSL's hashed names are links);
-        // a dangling one is skipped, as the TLS library skips it.
-        let stamps = entries
-            .iter()
-            .filter_map(|entry| std::fs::metadata(entry).ok());
-        files.extend(stamps.map(|meta| FileStamp::of(&meta)));
+        let meta = std::fs::metadata(path)
+            .map_err(|e| bad(format!("cannot read '{}': {e}", path.display())))?;
+        files.push(FileStamp::of(&meta));
+        let entries = crate::files::library_input_dir(path).map_err(bad)?;
+        files.extend(entries.iter().map(FileStamp::of));
     } else {
-        std::fs::File::open(path).map_err(|e| bad(&e))?;
+        files.push(FileStamp::of(
+            &crate::files::library_input(path).map_err(bad)?,
+        ));
     }
-    let c_path =
-        CString::new(path.as_os_str().as_bytes()).map_err(|_| bad(&"contains a NUL byte"))?;
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| bad(format!("'{}' contains a NUL byte", path.display())))?;
     Ok((c_path, is_dir))
 }
 

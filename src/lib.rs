@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod escape;
+pub mod files;
 pub mod health;
 pub mod info;
 pub mod ldap;

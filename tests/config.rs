@@ -302,6 +302,7 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (b"ca.pem".to_vec(), "absolute path"),
                 (missing.as_bytes().to_vec(), "No such file"),
                 (fifo.as_bytes().to_vec(), "not a regular file"),
+                (b"/proc/self/status".to_vec(), "is empty"),
             ],
         ),
         (
@@ -311,6 +312,7 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (b"/etc/valkey/\x07.pem".to_vec(), "control characters"),
                 (dir_path.as_bytes().to_vec(), "not a regular file"),
                 (fifo.as_bytes().to_vec(), "not a regular file"),
+                (b"/proc/self/status".to_vec(), "is empty"),
             ],
         ),
         (

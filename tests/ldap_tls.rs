@@ -969,3 +969,66 @@ fn a_clone_changed_after_the_build_gets_its_own_context() {
     assert_eq!(slapd.count_ops("BIND"), 1);
     assert_eq!(demand.tls_context_builds(), 3);
 }
+
+/// Opens and binds on another thread, so that a hang fails the test instead of stalling it.
+fn open_and_bind_within(url: &str, tls: &TlsSettings, limit: Duration) -> Result<(), LdapError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (url, tls) = (url.to_owned(), tls.clone());
+    thread::spawn(move || tx.send(open_and_bind(&url, &tls)));
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("no answer within {limit:?}: the open hangs"))
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let status = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// The TLS library reads the CA, certificate and key with blocking calls on the worker's
+/// thread. A FIFO (or an empty or pseudo file) put in place after the option was set is a
+/// settings error at once, for a CA file and for an entry of a CA directory, and a good file
+/// put back works again.
+#[test]
+fn files_that_would_hang_the_tls_library_are_refused() {
+    setup();
+    let pki = Pki::new();
+    let slapd = tls_slapd(&pki, "server", &[]);
+    let url = slapd.ldaps_url();
+    let limit = Duration::from_secs(3);
+    let refused = |tls: &TlsSettings, needle: &str| {
+        let e = open_and_bind_within(&url, tls, limit).unwrap_err();
+        assert_eq!(e.tls_failure(), Some(TlsFailure::Settings), "{e}");
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+    };
+
+    let ca = pki.path("live-ca.pem");
+    let tls = trusting(ca.clone());
+    fs::copy(pki.path("ca.pem"), &ca).unwrap();
+    open_and_bind_within(&url, &tls, limit).expect("a CA file");
+
+    let fifo = pki.path("fifo.tmp");
+    mkfifo(&fifo);
+    fs::rename(&fifo, &ca).unwrap();
+    refused(&tls, "not a regular file");
+    fs::remove_file(&ca).unwrap();
+    fs::write(&ca, "").unwrap();
+    refused(&tls, "is empty");
+    refused(&trusting(PathBuf::from("/proc/self/status")), "is empty");
+    fs::copy(pki.path("ca.pem"), &ca).unwrap();
+    open_and_bind_within(&url, &tls, limit).expect("the CA file back");
+
+    let dir_tls = trusting(pki.path("ca-dir"));
+    open_and_bind_within(&url, &dir_tls, limit).expect("a CA directory");
+    let entry = pki.path("ca-dir").join("0badf00d.0");
+    mkfifo(&entry);
+    refused(&dir_tls, "0badf00d.0");
+    fs::remove_file(&entry).unwrap();
+    std::os::unix::fs::symlink("/proc/self/status", &entry).unwrap();
+    refused(&dir_tls, "0badf00d.0");
+    fs::remove_file(&entry).unwrap();
+    open_and_bind_within(&url, &dir_tls, limit).expect("the CA directory cleaned");
+    assert_eq!(slapd.count_ops("BIND"), 4);
+}
