@@ -157,16 +157,18 @@ pub fn login(engine: &mut Engine, request: &Request, plan: AclPlan) -> Vec<Strin
     }
     lines.push(format!(
         "server: {}",
-        answer
-            .server
-            .map_or("none answered", |i| settings.servers[i].as_str())
+        match answer.server {
+            Some(i) => settings.servers[i].as_str(),
+            None if answer.outcome.class() == Class::Outage => "none answered",
+            None => "none asked",
+        }
     ));
     lines.push(format!(
         "dn: {}",
-        match (&answer.dn, answer.server) {
+        match (&answer.dn, answer.outcome) {
             (Some(dn), _) => dn.as_str(),
-            (None, Some(_)) => "(not found)",
-            (None, None) => "(no server was asked)",
+            (None, Outcome::UnknownUser) => "(not found)",
+            (None, _) => "(none)",
         }
     ));
     lines.push(format!(

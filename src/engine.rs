@@ -227,7 +227,8 @@ pub struct Answer {
     pub outcome: Outcome,
     /// Group DNs, when the request asked for them and the login succeeded.
     pub groups: Vec<String>,
-    /// The server that gave the answer, by index into `Settings::servers`.
+    /// The server that gave the answer, or for an outage the last one that failed, by index
+    /// into `Settings::servers`.
     pub server: Option<usize>,
     /// The DN the user was bound as, when the directory was asked.
     pub dn: Option<String>,
@@ -329,13 +330,16 @@ impl Engine {
         }
         let settings = &generation.settings;
         // With every server down, the AUTH fails at once instead of paying timeouts again.
-        let mut outage = Outcome::Unreachable;
+        let mut outage = Answer::from(Outcome::Unreachable);
         for (server, url) in settings.servers.iter().enumerate() {
             if !generation.health.is_up(server) {
                 continue;
             }
             let Some(timeouts) = request.timeouts_left() else {
-                return Answer::from(Outcome::Timeout);
+                return Answer {
+                    outcome: Outcome::Timeout,
+                    ..outage
+                };
             };
             let target = Target {
                 server,
@@ -347,10 +351,11 @@ impl Engine {
             match self.try_server(&target, request) {
                 Attempt::Final(outcome, dn) => {
                     return Answer {
-                        server: Some(server),
+                        // A refused name never reached the server.
+                        server: (outcome != Outcome::InvalidUsername).then_some(server),
                         dn,
                         ..Answer::from(outcome)
-                    }
+                    };
                 }
                 Attempt::Allowed { dn, groups } => {
                     return Answer {
@@ -370,11 +375,15 @@ impl Engine {
                     } else {
                         generation.health.mark_down(server);
                     }
-                    outage = why;
+                    // The audit names the last server that failed.
+                    outage = Answer {
+                        server: Some(server),
+                        ..Answer::from(why)
+                    };
                 }
             }
         }
-        Answer::from(outage)
+        outage
     }
 
     fn try_server(&mut self, target: &Target, request: &Request) -> Attempt {

@@ -66,9 +66,9 @@ const NOT_IN_ACCOUNT_NAMES: &[char] = &[
 /// it is, and refused (None) when it holds a character of [`NOT_IN_ACCOUNT_NAMES`], a control
 /// character, a non-ASCII character that is not a letter or digit (full-width `＠` and `＼`,
 /// `∕`, zero-width and bidirectional marks: a directory that folds them could read another
-/// realm or domain into the name), or leading or trailing white space (which a directory may
-/// trim, binding an account whose name differs from the one logged in). Then the account part
-/// of the bind name is exactly the username.
+/// realm or domain into the name), one of the [`INVISIBLE_LETTERS`], or leading or trailing
+/// white space (which a directory may trim, binding an account whose name differs from the one
+/// logged in). Then the account part of the bind name is exactly the username.
 pub fn bind_name(prefix: &str, username: &str, suffix: &str) -> Option<String> {
     if is_dn_form(prefix, suffix) {
         return Some(format!("{prefix}{}{suffix}", dn_value(username)));
@@ -86,6 +86,10 @@ fn is_dn_form(prefix: &str, suffix: &str) -> bool {
     prefix.contains('=') || suffix.contains('=')
 }
 
+/// Letters that show nothing (the Hangul fillers): a name made of them would look empty or
+/// like another one in every log and audit line.
+const INVISIBLE_LETTERS: &[char] = &['\u{115f}', '\u{1160}', '\u{3164}', '\u{ffa0}'];
+
 fn refused_account_name(username: &str) -> bool {
     username.is_empty()
         || username.starts_with(char::is_whitespace)
@@ -93,6 +97,7 @@ fn refused_account_name(username: &str) -> bool {
         || username.chars().any(|c| {
             c.is_control()
                 || NOT_IN_ACCOUNT_NAMES.contains(&c)
+                || INVISIBLE_LETTERS.contains(&c)
                 || (!c.is_ascii() && !c.is_alphanumeric())
         })
 }
@@ -352,6 +357,10 @@ mod tests {
             "alice\u{200b}",
             "\u{feff}alice",
             "alice\u{202e}",
+            "\u{3164}",
+            "alice\u{115f}",
+            "al\u{1160}ice",
+            "\u{ffa0}bob",
             "bob@corp.example.test",
             "bob@evil.test",
             "x\\bob",

@@ -83,7 +83,14 @@ fn warn_about(settings: &Settings) {
     if settings.tls.require_cert == RequireCert::Never {
         log::warn!("{TLS_NEVER_WARNING}");
     }
+    if settings.is_active() && !settings.is_exempt(b"default") {
+        log::warn!("{DEFAULT_NOT_EXEMPT_WARNING}");
+    }
 }
+
+/// Easy to do by accident: listing one service user in exempt_users drops the default.
+const DEFAULT_NOT_EXEMPT_WARNING: &str = "valkeyauth: WARNING: exempt_users does not list \
+    default: AUTH as default now goes to the directory, not to its Valkey password";
 
 /// Starts the runtime; called once per module load.
 pub fn start(settings: Settings) -> std::io::Result<()> {

@@ -282,6 +282,14 @@ fn users_added_to_exempt_users_use_their_valkey_password() {
             ("exempt_passthrough", 2),
         ],
     );
+
+    // Listing bob alone drops default from the list: allowed, with a warning in the log.
+    assert!(!v.log().contains("exempt_users does not list default"));
+    config_set_ok(&v, "valkeyauth.exempt_users", "bob");
+    assert!(v.wait_for_log(
+        "WARNING: exempt_users does not list default",
+        Duration::from_secs(5)
+    ));
 }
 
 #[test]

@@ -195,8 +195,17 @@ fn info_fields_follow_what_happens() {
     let down = info(&v);
     assert!(down["outage_unreachable"].parse::<u64>().unwrap() >= 2);
     assert_eq!(down["local_fallback_used"], "2");
-    assert_eq!(down["queue_depth"], "0");
-    assert_eq!(down["busy_workers"], "0");
+    // A worker counts itself idle just after it hands its answer over.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let idle = loop {
+        let now = info(&v);
+        let idle = now["queue_depth"] == "0" && now["busy_workers"] == "0";
+        if idle || Instant::now() > deadline {
+            break idle;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(idle, "{:?}", info(&v));
 }
 
 #[test]
@@ -890,4 +899,31 @@ fn no_password_anywhere() {
     for secret in [USER_PW, WRONG_PW, SERVICE_PW, LEGACY_PW, CHECK_PW] {
         assert!(!seen.contains(secret), "{secret} appears:\n{seen}");
     }
+}
+
+#[test]
+fn an_outage_is_audited_with_the_server_that_failed() {
+    let mut slapd = Slapd::start_default();
+    let dir = TempDir::new("audit-outage");
+    let file = dir.path().join("audit.jsonl");
+    let v = valkey(
+        &slapd.url(),
+        &[
+            "audit",
+            "file",
+            "audit_file",
+            file.to_str().unwrap(),
+            "operation_timeout_ms",
+            "300",
+        ],
+    );
+    slapd.freeze();
+    let r = v.raw().auth(b"alice", ALICE.password.as_bytes());
+    assert!(r.error().is_some(), "{r}");
+    let lines = audit_lines(&file, 1);
+    let expected = format!(
+        "\"outcome\":\"outage\",\"reason\":\"timeout\",\"server\":\"{}\"",
+        slapd.url()
+    );
+    assert!(lines[0].contains(&expected), "{lines:?}");
 }
