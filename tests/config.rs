@@ -63,17 +63,6 @@ fn password_file(dir: &Path, name: &str, contents: &str, mode: u32) -> String {
     path.to_str().expect("utf-8").to_owned()
 }
 
-/// Makes a named pipe `dir/name`; returns its path.
-fn make_fifo(dir: &Path, name: &str) -> String {
-    let path = dir.join(name);
-    let st = std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .expect("mkfifo");
-    assert!(st.success(), "mkfifo {}", path.display());
-    path.to_str().expect("utf-8").to_owned()
-}
-
 fn auth(v: &Valkey, user: &FixtureUser) -> Reply {
     v.raw().auth(user.name.as_bytes(), user.password.as_bytes())
 }
@@ -126,7 +115,9 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
     let ca_file = password_file(dir.path(), "ca.pem", "not read here", 0o644);
     let cert_file = password_file(dir.path(), "client.pem", "not read here", 0o644);
     let key_file = password_file(dir.path(), "client.key", "not read here", 0o600);
-    let fifo = make_fifo(dir.path(), "pipe.pem");
+    let fifo = dir.path().join("pipe.pem");
+    mkfifo(&fifo);
+    let fifo = fifo.to_str().expect("utf-8").to_owned();
     let missing = dir.path().join("missing.pem").to_str().unwrap().to_owned();
     let dir_path = dir.path().to_str().unwrap().to_owned();
 

@@ -979,14 +979,6 @@ fn open_and_bind_within(url: &str, tls: &TlsSettings, limit: Duration) -> Result
         .unwrap_or_else(|_| panic!("no answer within {limit:?}: the open hangs"))
 }
 
-fn mkfifo(path: &std::path::Path) {
-    let status = Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("run mkfifo");
-    assert!(status.success(), "mkfifo {}", path.display());
-}
-
 /// The TLS library reads the CA, certificate and key with blocking calls on the worker's
 /// thread. A FIFO (or an empty or pseudo file) put in place after the option was set is a
 /// settings error at once, for a CA file and for an entry of a CA directory, and a good file

@@ -338,11 +338,7 @@ fn audit_file_has_every_decision_and_follows_rotation() {
 
     // What cannot be an audit file is refused when set; a FIFO would block whoever opens it.
     let fifo = dir.path().join("fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    mkfifo(&fifo);
     for (bad, why) in [
         (fifo.to_str().unwrap(), "not a regular file"),
         ("/dev/full", "not a regular file"),
@@ -659,11 +655,7 @@ fn password_file_readable_by_others_is_refused_unless_allowed() {
     // A FIFO, a directory, a relative path or a huge file is refused at once; a FIFO never
     // holds the main thread.
     let fifo = dir.path().join("pw.fifo");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&fifo);
     fs::set_permissions(&fifo, fs::Permissions::from_mode(0o600)).unwrap();
     let huge = dir.path().join("huge.pw");
     fs::write(&huge, vec![b'x'; 100_000]).unwrap();

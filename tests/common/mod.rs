@@ -2271,3 +2271,12 @@ pub fn search_filters(slapd: &Slapd) -> Vec<String> {
         })
         .collect()
 }
+
+/// Makes a named pipe at `path`: what a path option must refuse without opening it.
+pub fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
