@@ -8,6 +8,7 @@
 //! user of the same name or denies, and the free callback, which updates the cache and releases
 //! the parked clients.
 
+use std::cell::Cell;
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -37,14 +38,22 @@ const BUSY: &str = "valkeyauth: too many pending logins, try again later";
 pub struct Job {
     request: Request,
     client: BlockedClient<Verdict>,
+    client_id: ClientId,
     fingerprint: Fingerprint,
     epoch: u64,
     started: Instant,
 }
 
+/// Valkey's id of a client, as CLIENT LIST shows it.
+pub type ClientId = u64;
+
 /// What comes back to the main thread for one blocked client.
 #[derive(Clone)]
 pub struct Verdict {
+    client_id: ClientId,
+    /// Set by the reply callback. Valkey skips it for a client that left before its answer,
+    /// and the free callback then records the decision instead.
+    replied: Cell<bool>,
     outcome: Outcome,
     fallback: LocalFallback,
     fingerprint: Fingerprint,
@@ -200,7 +209,10 @@ fn begin(
     STATS.count(Event::CacheMiss);
     if let Some(parked) = runtime.waiting.get_mut(&fingerprint) {
         STATS.count(Event::Coalesced);
-        parked.push(ctx.block_client_on_auth(on_reply, Some(on_free)));
+        parked.push((
+            ctx.block_client_on_auth(on_reply, Some(on_free)),
+            ctx.get_client_id(),
+        ));
         return Ok(AUTH_HANDLED);
     }
     if generation.health.all_down() {
@@ -223,6 +235,7 @@ fn begin(
     let job = Job {
         request: Request::new(generation.clone(), credentials, !has_acl_user),
         client: ctx.block_client_on_auth(on_reply, Some(on_free)),
+        client_id: ctx.get_client_id(),
         fingerprint,
         epoch: runtime.cache.epoch,
         started,
@@ -282,12 +295,15 @@ fn deliver(job: Job, answer: Answer) {
     let Job {
         request,
         mut client,
+        client_id,
         fingerprint,
         epoch,
         started,
     } = job;
     let settings = &request.generation.settings;
     let verdict = Verdict {
+        client_id,
+        replied: Cell::new(false),
         outcome: answer.outcome,
         fallback: settings.local_fallback,
         fingerprint,
@@ -312,6 +328,9 @@ fn on_reply(
 ) -> Result<c_int, ValkeyError> {
     guarded(|| {
         let mut guard = RUNTIME.lock();
+        if let Some(verdict) = verdict {
+            verdict.replied.set(true);
+        }
         let (Some(verdict), Some(runtime)) = (verdict, guard.as_mut()) else {
             let trail = Trail::local(Instant::now());
             let outcome = Outcome::InternalError;
@@ -351,14 +370,17 @@ fn on_reply(
 
 /// Runs after the reply callback, or alone when the client went away meanwhile.
 fn on_free(_ctx: &Context, verdict: Verdict) {
-    if !verdict.leader {
-        return;
-    }
     let released = catch_unwind(AssertUnwindSafe(|| {
         let mut guard = RUNTIME.lock();
         let Some(runtime) = guard.as_mut() else {
             return;
         };
+        if !verdict.replied.get() {
+            record_unanswered(runtime, &verdict);
+        }
+        if !verdict.leader {
+            return;
+        }
         let cache = &mut runtime.cache;
         match verdict.outcome {
             // An answer from before a configuration change is not cached after it.
@@ -369,12 +391,14 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
             }
             _ => {}
         }
-        for mut parked in runtime
+        for (mut parked, client_id) in runtime
             .waiting
             .remove(&verdict.fingerprint)
             .unwrap_or_default()
         {
             let _ = parked.set_blocked_private_data(Verdict {
+                client_id,
+                replied: Cell::new(false),
                 leader: false,
                 ..verdict.clone()
             });
@@ -383,6 +407,24 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
     if released.is_err() {
         log::warn!("valkeyauth: internal error while releasing waiting logins");
     }
+}
+
+/// A client that disconnected before its answer: its AUTH may have reached the directory (and
+/// counted toward a lockout there), so the decision is counted and audited all the same. ACL
+/// LOG is left out: Valkey builds its entry from the client, which is gone.
+fn record_unanswered(runtime: &Runtime, verdict: &Verdict) {
+    STATS.record(verdict.outcome);
+    let sink = runtime.generation.settings.audit;
+    runtime.auditor.record(sink, verdict.outcome, || Record {
+        client: "disconnected".to_owned(),
+        client_id: verdict.client_id,
+        username: verdict.username.as_bytes(),
+        outcome: verdict.outcome,
+        server: verdict.server.as_deref(),
+        latency: verdict.started.elapsed(),
+        cached: false,
+        local_fallback: false,
+    });
 }
 
 /// No directory server could be reached. The outage window still admits a password that

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use valkey_module::BlockedClient;
 
 use crate::audit::{Auditor, Sink};
-use crate::auth::{self, Job, Verdict};
+use crate::auth::{self, ClientId, Job, Verdict};
 use crate::cache::{Cache, Fingerprint};
 use crate::commands::CheckJob;
 use crate::config::{Settings, TLS_NEVER_WARNING};
@@ -27,7 +27,7 @@ pub struct Runtime {
     pub users: ModuleUsers,
     /// AUTHs waiting for an identical one already on its way to the directory, by fingerprint
     /// of that one. They get its verdict when it comes back.
-    pub waiting: HashMap<Fingerprint, Vec<BlockedClient<Verdict>>>,
+    pub waiting: HashMap<Fingerprint, Vec<(BlockedClient<Verdict>, ClientId)>>,
     pub pool: Pool<Task>,
     /// Pools replaced by a `workers` or `max_pending` change. They finish their queued jobs
     /// and are joined once their threads have left, so the main thread never waits on them.

@@ -919,3 +919,66 @@ fn an_outage_is_audited_with_the_server_that_failed() {
     );
     assert!(lines[0].contains(&expected), "{lines:?}");
 }
+
+/// Sends one AUTH and hangs up without reading the answer.
+fn auth_and_hang_up(v: &Valkey, user: &[u8], password: &[u8]) {
+    use std::io::Write;
+    let mut frame = format!("*3\r\n$4\r\nAUTH\r\n${}\r\n", user.len()).into_bytes();
+    frame.extend_from_slice(user);
+    frame.extend_from_slice(format!("\r\n${}\r\n", password.len()).as_bytes());
+    frame.extend_from_slice(password);
+    frame.extend_from_slice(b"\r\n");
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", v.port())).unwrap();
+    socket.write_all(&frame).unwrap();
+}
+
+/// A client that hangs up before its answer still reached the directory (a wrong password
+/// there counts toward a lockout): every such AUTH is audited and counted, shared answers
+/// included, and none shows its password.
+#[test]
+fn a_client_that_hangs_up_is_still_audited_and_counted() {
+    let mut slapd = Slapd::start_default();
+    let dir = TempDir::new("audit-hangup");
+    let file = dir.path().join("audit.jsonl");
+    let v = valkey(
+        &slapd.url(),
+        &[
+            "audit",
+            "file",
+            "audit_file",
+            file.to_str().unwrap(),
+            "negative_cache_ttl_s",
+            "0",
+            "operation_timeout_ms",
+            "300",
+        ],
+    );
+    // Some answers may still beat the hang-up: either way, one record per AUTH.
+    for i in 0..20 {
+        auth_and_hang_up(&v, b"bob", format!("Hangup-Wrong-{i}").as_bytes());
+    }
+    let lines = audit_lines(&file, 20);
+    assert_eq!(lines.len(), 20, "{lines:#?}");
+    assert!(lines
+        .iter()
+        .all(|l| l.contains("\"reason\":\"bad-credentials\"")));
+    assert_eq!(info(&v)["denied_bad_credentials"], "20");
+
+    // Against a frozen directory the hang-up always comes first. Two identical AUTHs share
+    // one request, and each is recorded.
+    slapd.freeze();
+    auth_and_hang_up(&v, b"alice", b"Hangup-Frozen-Pw");
+    auth_and_hang_up(&v, b"alice", b"Hangup-Frozen-Pw");
+    let lines = audit_lines(&file, 22);
+    let expected = format!("\"client\":\"disconnected\",\"client_id\":",);
+    for line in &lines[20..] {
+        assert!(line.contains(&expected), "{line}");
+        assert!(
+            line.contains("\"user\":\"alice\",\"outcome\":\"outage\",\"reason\":\"timeout\""),
+            "{line}"
+        );
+    }
+    assert_eq!(info(&v)["outage_timeout"], "2");
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(!text.contains("Hangup-"), "a password in the audit file");
+}
