@@ -1120,6 +1120,7 @@ fn check_path(kind: PathKind, path: &Path) -> Result<(), String> {
         PathKind::FileOrDirectory if path.is_dir() => files::library_input_dir(path).map(drop),
         PathKind::FileOrDirectory => check_path(PathKind::File, path),
         PathKind::Output => {
+            files::refuse_kernel_interface(path)?;
             if path.parent().is_some_and(|dir| !dir.is_dir()) {
                 return Err(format!("the directory of '{shown}' does not exist"));
             }

@@ -8,8 +8,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{AuthMode, Settings};
+use crate::config::{AuthMode, ServiceBind, Settings};
 use crate::escape;
+use crate::files;
 use crate::health::Health;
 use crate::ldap::{Connection, LdapError, ResultCode, Scope, Timeouts};
 use crate::secret::Secret;
@@ -590,6 +591,7 @@ fn timed<T>(target: &Target, op: impl FnOnce() -> Result<T, LdapError>) -> Resul
 /// connection, so the next AUTH connects again.
 pub fn bind_service(conn: &mut Connection, settings: &Settings) -> Result<(), LdapError> {
     if let Some(mechanism) = settings.service_bind.sasl_mechanism() {
+        check_keytab(settings)?;
         return conn.sasl_bind(mechanism, &settings.sasl_authz_id);
     }
     if settings.search_bind_dn.is_empty() {
@@ -603,6 +605,21 @@ pub fn bind_service(conn: &mut Connection, settings: &Settings) -> Result<(), Ld
         return Ok(());
     };
     conn.simple_bind(&settings.search_bind_dn, password.expose())
+}
+
+/// Kerberos reads the keytab with blocking calls on this thread: one swapped for a FIFO since
+/// it was set must fail here, not hang a worker or the health checker. Not a transport error:
+/// another server would not fix the file.
+fn check_keytab(settings: &Settings) -> Result<(), LdapError> {
+    let Some(keytab) = settings.sasl_keytab.as_deref() else {
+        return Ok(());
+    };
+    if settings.service_bind != ServiceBind::Gssapi {
+        return Ok(());
+    }
+    files::library_input(keytab)
+        .map(drop)
+        .map_err(|e| LdapError::new(ResultCode::PARAM_ERROR, format!("sasl_keytab: {e}")))
 }
 
 /// The health check of one server: connect (with TLS as configured), bind as the service

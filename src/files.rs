@@ -3,7 +3,8 @@
 //!
 //! A FIFO, a device or a pseudo file such as `/proc/kmsg` blocks whoever reads it: Valkey's
 //! main thread on `CONFIG SET`, or a worker whose TLS library loads a CA file. Only regular
-//! files with content pass; `/proc` files all report a length of zero, so they never do.
+//! files pass, and none under `/proc` or `/sys`, where writing can change the kernel's
+//! settings (as root) and reading can block.
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,8 +13,32 @@ use std::path::{Path, PathBuf};
 /// `O_NONBLOCK` (Linux): the open itself must not wait for a FIFO's writer.
 const O_NONBLOCK: i32 = 0o4000;
 
+/// Where the kernel's interfaces are mounted; nothing there is a file of ours.
+const KERNEL_INTERFACES: &[&str] = &["/proc", "/sys"];
+
+/// Refuses a path that resolves (links followed) into [`KERNEL_INTERFACES`]. A path that does
+/// not exist yet is judged by its directory.
+pub fn refuse_kernel_interface(path: &Path) -> Result<(), String> {
+    let real = match fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(_) => match path.parent().map(fs::canonicalize) {
+            Some(Ok(dir)) => dir,
+            // The open that follows says what is wrong.
+            _ => return Ok(()),
+        },
+    };
+    match KERNEL_INTERFACES.iter().find(|root| real.starts_with(root)) {
+        Some(root) => Err(format!(
+            "'{}' is under {root}, a kernel interface, not a file",
+            path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Opens a regular file without blocking on whatever else the path may name.
 pub fn open_regular_file(options: &mut fs::OpenOptions, path: &Path) -> Result<fs::File, String> {
+    refuse_kernel_interface(path)?;
     let shown = path.display();
     let file = options
         .custom_flags(O_NONBLOCK)
@@ -41,17 +66,23 @@ pub fn library_input(path: &Path) -> Result<fs::Metadata, String> {
 }
 
 /// Checks a CA directory whose every entry the TLS library will read: each one, following
-/// links, must be a directory or a regular file with content. Links that lead nowhere are
-/// skipped, as the TLS library skips them. Returns the entries' metadata in name order.
+/// links, must be a directory or a regular file with content, and no link may lead into
+/// [`KERNEL_INTERFACES`]. Links that lead nowhere are skipped, as the TLS library skips them.
+/// Returns the entries' metadata in name order.
 pub fn library_input_dir(dir: &Path) -> Result<Vec<fs::Metadata>, String> {
+    refuse_kernel_interface(dir)?;
     let shown = dir.display();
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+    let mut entries: Vec<(PathBuf, bool)> = fs::read_dir(dir)
         .map_err(|e| format!("cannot read '{shown}': {e}"))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter_map(Result::ok)
+        .map(|entry| {
+            let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+            (entry.path(), is_link)
+        })
         .collect();
     entries.sort();
     let mut found = Vec::with_capacity(entries.len());
-    for entry in &entries {
+    for (entry, is_link) in &entries {
         let Ok(meta) = fs::metadata(entry) else {
             continue;
         };
@@ -61,6 +92,9 @@ pub fn library_input_dir(dir: &Path) -> Result<Vec<fs::Metadata>, String> {
                 "'{shown}' holds '{}', which is not a regular file with content",
                 entry.display()
             ));
+        }
+        if *is_link {
+            refuse_kernel_interface(entry)?;
         }
         found.push(meta);
     }
@@ -93,9 +127,25 @@ mod tests {
         assert!(library_input(&dir)
             .unwrap_err()
             .contains("not a regular file"));
-        for pseudo in ["/proc/self/status", "/proc/kmsg", "/dev/null"] {
+        for pseudo in [
+            "/proc/self/status",
+            "/proc/kmsg",
+            "/dev/null",
+            "/sys/kernel/mm/transparent_hugepage/enabled",
+        ] {
             assert!(library_input(Path::new(pseudo)).is_err(), "{pseudo}");
         }
+        let err = library_input(Path::new("/proc/self/status")).unwrap_err();
+        assert!(err.contains("kernel interface"), "{err}");
+        // Also for a file to be created, as an audit file.
+        let mut append = fs::OpenOptions::new();
+        append.append(true).create(true);
+        assert!(open_regular_file(&mut append, Path::new("/proc/self/new.log")).is_err());
+        let link = dir.join("status-link");
+        std::os::unix::fs::symlink("/proc/self/status", &link).unwrap();
+        assert!(library_input(&link)
+            .unwrap_err()
+            .contains("kernel interface"));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -116,6 +166,15 @@ mod tests {
 
         std::os::unix::fs::symlink("/proc/self/status", dir.join("p.0")).unwrap();
         assert!(library_input_dir(&dir).unwrap_err().contains("p.0"));
+        fs::remove_file(dir.join("p.0")).unwrap();
+        // A sysfs file reports a length of 4096: only where it leads gives it away.
+        let sysfs = Path::new("/sys/kernel/mm/transparent_hugepage/enabled");
+        if sysfs.exists() {
+            std::os::unix::fs::symlink(sysfs, dir.join("s.0")).unwrap();
+            let err = library_input_dir(&dir).unwrap_err();
+            assert!(err.contains("kernel interface"), "{err}");
+        }
+        assert!(library_input_dir(Path::new("/proc/self")).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -293,7 +293,7 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (b"ca.pem".to_vec(), "absolute path"),
                 (missing.as_bytes().to_vec(), "No such file"),
                 (fifo.as_bytes().to_vec(), "not a regular file"),
-                (b"/proc/self/status".to_vec(), "is empty"),
+                (b"/proc/self/status".to_vec(), "kernel interface"),
             ],
         ),
         (
@@ -303,7 +303,7 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (b"/etc/valkey/\x07.pem".to_vec(), "control characters"),
                 (dir_path.as_bytes().to_vec(), "not a regular file"),
                 (fifo.as_bytes().to_vec(), "not a regular file"),
-                (b"/proc/self/status".to_vec(), "is empty"),
+                (b"/proc/self/status".to_vec(), "kernel interface"),
             ],
         ),
         (
@@ -447,6 +447,8 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (b"/tmp".to_vec(), "not a regular file"),
                 (b"/dev/full".to_vec(), "not a regular file"),
                 (fifo.as_bytes().to_vec(), "not a regular file"),
+                (b"/proc/self/status".to_vec(), "kernel interface"),
+                (b"/proc/self/audit.jsonl".to_vec(), "kernel interface"),
             ],
         ),
     ];

@@ -223,6 +223,24 @@ fn gssapi_service_bind_from_a_keytab() {
         b"/tmp/other.keytab",
     ]);
     assert!(r.error().is_some(), "CONFIG SET sasl_keytab: {r}");
+
+    // The keytab swapped for a FIFO, which Kerberos would block on: after RELOAD (fresh
+    // connections) the AUTH fails at once and PING stays prompt. Put back, logins work again.
+    let keytab = kdc.path("svc.keytab");
+    let saved = kdc.path("svc.keytab.saved");
+    fs::rename(&keytab, &saved).unwrap();
+    mkfifo(&keytab);
+    assert!(v.raw().call(&[b"VALKEYAUTH.RELOAD"]).is_ok());
+    let t = Instant::now();
+    let r = login(&v, "bob", BOB.password).0;
+    assert!(r.error().is_some(), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(v.raw().call(&[b"PING"]), Reply::Simple("PONG".to_owned()));
+    assert!(v.wait_for_log("sasl_keytab", Duration::from_secs(5)));
+    fs::remove_file(&keytab).unwrap();
+    fs::rename(&saved, &keytab).unwrap();
+    assert!(v.raw().call(&[b"VALKEYAUTH.RELOAD"]).is_ok());
+    auth_ok(&v, &BOB, "the keytab back");
 }
 
 /// With 6-second tickets, a service bind after they expired still works: the Kerberos library
