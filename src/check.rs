@@ -21,14 +21,14 @@ pub enum AclPlan {
 }
 
 /// The answer for a login that AUTH refuses before asking the directory.
-pub fn refused_locally(username: &str, reason: &str) -> Vec<String> {
+pub fn refused_locally(username: &str, outcome: Outcome, reason: &str) -> Vec<String> {
     vec![
         format!("user: {username}"),
         format!(
             "result: denied ({}) without asking the directory",
-            Outcome::NoAclUser.reason()
+            outcome.reason()
         ),
-        format!("acl: none: {reason}"),
+        format!("why: {reason}"),
     ]
 }
 
@@ -139,16 +139,17 @@ fn explain(e: LdapError) -> String {
 
 /// Runs one login through the directory as an AUTH would, and says what would happen.
 pub fn login(engine: &mut Engine, request: &Request, plan: AclPlan) -> Vec<String> {
-    let started = Instant::now();
-    let answer = engine.authenticate(request);
-    let took = started.elapsed();
     let settings = &request.generation.settings;
     let health = &request.generation.health;
-    let mut lines = vec![format!("user: {}", request.username())];
+    // Before the run: a server that this login marks down was still tried.
     let skipped: Vec<&str> = (0..settings.servers.len())
         .filter(|i| !health.is_up(*i))
         .map(|i| settings.servers[i].as_str())
         .collect();
+    let started = Instant::now();
+    let answer = engine.authenticate(request);
+    let took = started.elapsed();
+    let mut lines = vec![format!("user: {}", request.username())];
     if !skipped.is_empty() {
         lines.push(format!(
             "skipped: {} (marked down, as for AUTH; VALKEYAUTH.CHECK without arguments probes them)",
@@ -168,6 +169,7 @@ pub fn login(engine: &mut Engine, request: &Request, plan: AclPlan) -> Vec<Strin
         match (&answer.dn, answer.outcome) {
             (Some(dn), _) => dn.as_str(),
             (None, Outcome::UnknownUser) => "(not found)",
+            (None, outcome) if outcome.class() == Class::Outage => "(no answer)",
             (None, _) => "(none)",
         }
     ));

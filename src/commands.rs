@@ -10,7 +10,9 @@ use valkey_module::{
 
 use crate::auth;
 use crate::check::{self, AclPlan};
-use crate::engine::{Credentials, Engine, Generation, Request};
+use crate::config::AuthMode;
+use crate::engine::{Credentials, Engine, Generation, Outcome, Request};
+use crate::escape;
 use crate::runtime::{self, Task, RUNTIME};
 use crate::valkey_config;
 
@@ -111,9 +113,10 @@ pub fn reload(_ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
 /// each server; with them, one login through the whole flow, without logging anyone in. The
 /// password is redacted from SLOWLOG and MONITOR.
 pub fn check(ctx: &Context, args: Vec<ValkeyString>) -> ValkeyResult {
-    // Everything after the username is redacted, even when the arity is wrong: an extra
-    // argument is the likeliest place for a password to be.
-    for position in 2..args.len() {
+    // The password is redacted; with the wrong arity every argument is, since any of them
+    // may be a password (`VALKEYAUTH.CHECK secret` is an easy mistake).
+    let first_secret = if args.len() == 3 { 2 } else { 1 };
+    for position in first_secret..args.len() {
         redact(ctx, position as c_int);
     }
     if args.len() != 1 && args.len() != 3 {
@@ -185,16 +188,31 @@ fn login_check(
     } else if !settings.provision {
         return Ok(Err(check::refused_locally(
             credentials.username,
+            Outcome::NoAclUser,
             "there is no ACL user of this name, and provision is off",
         )));
     } else if !auth::provisionable(credentials.username) {
         return Ok(Err(check::refused_locally(
             credentials.username,
+            Outcome::NoAclUser,
             "the name cannot be provisioned (lowercase ASCII letters, digits and ._-@ only)",
         )));
     } else {
         AclPlan::Provision
     };
+    if settings.mode == AuthMode::Bind
+        && escape::bind_name_refused(
+            &settings.bind_dn_prefix,
+            credentials.username,
+            &settings.bind_dn_suffix,
+        )
+    {
+        return Ok(Err(check::refused_locally(
+            credentials.username,
+            Outcome::InvalidUsername,
+            "the name holds a character that could change the realm or domain of the bind name",
+        )));
+    }
     let request = Request::new(Arc::clone(generation), credentials, !has_acl_user);
     Ok(Ok(What::Login { request, plan }))
 }

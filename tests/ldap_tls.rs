@@ -1008,7 +1008,10 @@ fn files_that_would_hang_the_tls_library_are_refused() {
     fs::remove_file(&ca).unwrap();
     fs::write(&ca, "").unwrap();
     refused(&tls, "is empty");
-    refused(&trusting(PathBuf::from("/proc/self/status")), "kernel interface");
+    refused(
+        &trusting(PathBuf::from("/proc/self/status")),
+        "kernel interface",
+    );
     fs::copy(pki.path("ca.pem"), &ca).unwrap();
     open_and_bind_within(&url, &tls, limit).expect("the CA file back");
 

@@ -280,6 +280,16 @@ fn upn_names_that_could_change_the_account_are_refused_without_a_server() {
     assert_eq!(after["denied_invalid_username"], "1");
     assert_eq!(after["cache_misses"], "0");
     assert_eq!(after["latency_count"], "0");
+
+    // CHECK refuses it the same way, and says so in its list form.
+    let lines = check(&v, &["eve@other.test", "Eve-Upn-Pw"]);
+    assert!(
+        has_line(
+            &lines,
+            "result: denied (invalid-username) without asking the directory"
+        ),
+        "{lines:#?}"
+    );
     assert_eq!(
         slapd.count_ops("BIND"),
         binds,
@@ -553,6 +563,9 @@ fn check_a_login_without_logging_in() {
     );
     let r = v.raw().call(&[b"VALKEYAUTH.CHECK", b"alice"]);
     assert!(r.error().is_some(), "{r}");
+    // A password given alone, by mistake, is redacted too.
+    let r = v.raw().call(&[b"VALKEYAUTH.CHECK", b"Check-Alone-Pw"]);
+    assert!(r.error().is_some(), "{r}");
     let r = v
         .raw()
         .call(&[b"VALKEYAUTH.CHECK", b"alice", b"Check-Extra-Pw", b"x"]);
@@ -594,6 +607,7 @@ fn check_a_login_without_logging_in() {
         BOB.password,
         "Check-Wrong-Pw",
         "Check-Extra-Pw",
+        "Check-Alone-Pw",
     ] {
         assert!(!slowlog.contains(secret), "{secret} in SLOWLOG: {slowlog}");
         assert!(
