@@ -59,6 +59,13 @@ impl Record<'_> {
         }
     }
 
+    /// A username that is not UTF-8, byte for byte: shown as text, its invalid bytes would all
+    /// become U+FFFD, and different names the same.
+    fn username_hex(&self) -> Option<String> {
+        std::str::from_utf8(self.username).err()?;
+        Some(self.username.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// One JSON object on one line; every text is escaped, so no input can add a line.
     pub fn json(&self, now: SystemTime) -> String {
         let mut out = String::with_capacity(256);
@@ -68,6 +75,9 @@ impl Record<'_> {
         json_string(&mut out, &self.client);
         let _ = write!(out, ",\"client_id\":{},\"user\":", self.client_id);
         json_string(&mut out, &String::from_utf8_lossy(self.username));
+        if let Some(hex) = self.username_hex() {
+            let _ = write!(out, ",\"user_hex\":\"{hex}\"");
+        }
         let _ = write!(
             out,
             ",\"outcome\":\"{}\",\"reason\":\"{}\",\"server\":",
@@ -94,6 +104,9 @@ impl Record<'_> {
         out.push_str(&self.client);
         out.push_str(" user=");
         json_string(&mut out, &String::from_utf8_lossy(self.username));
+        if let Some(hex) = self.username_hex() {
+            let _ = write!(out, " user_hex={hex}");
+        }
         let _ = write!(
             out,
             " outcome={} reason={} server={} latency_ms={:.3} cached={} local_fallback={}",
@@ -354,7 +367,8 @@ mod tests {
         assert_eq!(
             line,
             "{\"time\":\"1970-01-01T00:00:00.000Z\",\"client\":\"127.0.0.1:5000\",\"client_id\":7,\
-             \"user\":\"al\\\"ice\\u000d\\u000a{\\u0000\u{fffd}\",\"outcome\":\"denied\",\
+             \"user\":\"al\\\"ice\\u000d\\u000a{\\u0000\u{fffd}\",\"user_hex\":\"616c226963650d0a7b00ff\",\
+             \"outcome\":\"denied\",\
              \"reason\":\"account-locked\",\"server\":\"ldap://127.0.0.1:389\",\
              \"latency_ms\":1.500,\"cached\":false,\"local_fallback\":false}"
         );
@@ -368,6 +382,12 @@ mod tests {
             .contains("\"outcome\":\"allowed\",\"reason\":\"allowed\",\"server\":null"));
         assert!(allowed
             .log_line()
-            .contains("outcome=allowed reason=allowed server=-"));
+            .contains("user_hex=616c226963650d0a7b00ff outcome=allowed reason=allowed server=-"));
+        let utf8 = Record {
+            username: "jürgen".as_bytes(),
+            ..allowed
+        };
+        assert!(!utf8.json(UNIX_EPOCH).contains("user_hex"));
+        assert!(!utf8.log_line().contains("user_hex"));
     }
 }
