@@ -102,7 +102,7 @@ impl Record<'_> {
     fn log_line(&self) -> String {
         let mut out = String::from("valkeyauth: audit client=");
         out.push_str(&self.client);
-        out.push_str(" user=");
+        let _ = write!(out, " client_id={} user=", self.client_id);
         json_string(&mut out, &String::from_utf8_lossy(self.username));
         if let Some(hex) = self.username_hex() {
             let _ = write!(out, " user_hex={hex}");

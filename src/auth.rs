@@ -255,7 +255,11 @@ fn begin(
 /// Clients older than ACLs can send only `AUTH <password>`, which Valkey hands over as user
 /// `default`. With a separator configured, `alice<sep>secret` stands for user alice with
 /// password secret, split at the first separator.
-fn legacy_split<'a>(separator: &str, user: &'a [u8], password: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+pub fn legacy_split<'a>(
+    separator: &str,
+    user: &'a [u8],
+    password: &'a [u8],
+) -> (&'a [u8], &'a [u8]) {
     let sep = separator.as_bytes();
     if user != b"default" || sep.is_empty() {
         return (user, password);

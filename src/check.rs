@@ -204,6 +204,9 @@ fn groups(request: &Request, answer: &Answer) -> String {
 }
 
 fn acl(settings: &Settings, plan: AclPlan, answer: &Answer) -> String {
+    if answer.outcome.class() == Class::Outage {
+        return "none: no answer from the directory".to_owned();
+    }
     if answer.outcome != Outcome::Allowed {
         return "none: the directory did not accept the login".to_owned();
     }

@@ -162,8 +162,8 @@ fn redact(ctx: &Context, position: c_int) {
 /// without asking the directory gets its answer (`Err(lines)`) here, without traffic.
 fn login_check(
     generation: &Arc<Generation>,
-    user: &ValkeyString,
-    password: &[u8],
+    given_user: &ValkeyString,
+    given_password: &[u8],
 ) -> Result<Result<What, Vec<String>>, ValkeyError> {
     let settings = &generation.settings;
     if !settings.is_active() {
@@ -171,6 +171,14 @@ fn login_check(
             "ERR valkeyauth.servers is empty: Valkey's own passwords decide every login",
         ));
     }
+    // `default` with `alice<sep>secret` is alice, as for a one-argument AUTH.
+    let (name, password) = auth::legacy_split(
+        &settings.legacy_auth_separator,
+        given_user.as_slice(),
+        given_password,
+    );
+    let split = ValkeyString::create_from_slice(std::ptr::null_mut(), name);
+    let user = &split;
     if settings.is_exempt(user.as_slice()) {
         return Err(ValkeyError::Str(
             "ERR this user is in valkeyauth.exempt_users: Valkey's own password decides",

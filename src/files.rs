@@ -16,11 +16,15 @@ const O_NONBLOCK: i32 = 0o4000;
 /// Where the kernel's interfaces are mounted; nothing there is a file of ours.
 const KERNEL_INTERFACES: &[&str] = &["/proc", "/sys"];
 
-/// Refuses a path that resolves (links followed) into [`KERNEL_INTERFACES`]. A path that does
-/// not exist yet is judged by its directory.
+/// Refuses a path that resolves (links followed) into [`KERNEL_INTERFACES`], and a link that
+/// leads nowhere: opening one to create a file would create its target, wherever that is. A
+/// path that does not exist yet is judged by its directory.
 pub fn refuse_kernel_interface(path: &Path) -> Result<(), String> {
     let real = match fs::canonicalize(path) {
         Ok(real) => real,
+        Err(_) if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) => {
+            return Err(format!("'{}' is a link that leads nowhere", path.display()));
+        }
         Err(_) => match path.parent().map(fs::canonicalize) {
             Some(Ok(dir)) => dir,
             // The open that follows says what is wrong.
@@ -141,6 +145,13 @@ mod tests {
         let mut append = fs::OpenOptions::new();
         append.append(true).create(true);
         assert!(open_regular_file(&mut append, Path::new("/proc/self/new.log")).is_err());
+        // A link to nothing would create its target.
+        let dangling = dir.join("dangling.log");
+        let target = dir.join("elsewhere.log");
+        std::os::unix::fs::symlink(&target, &dangling).unwrap();
+        let err = open_regular_file(&mut append, &dangling).unwrap_err();
+        assert!(err.contains("leads nowhere"), "{err}");
+        assert!(!target.exists());
         let link = dir.join("status-link");
         std::os::unix::fs::symlink("/proc/self/status", &link).unwrap();
         assert!(library_input(&link)

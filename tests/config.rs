@@ -120,6 +120,9 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
     let fifo = fifo.to_str().expect("utf-8").to_owned();
     let missing = dir.path().join("missing.pem").to_str().unwrap().to_owned();
     let dir_path = dir.path().to_str().unwrap().to_owned();
+    let dangling = dir.path().join("dangling.jsonl");
+    std::os::unix::fs::symlink(dir.path().join("elsewhere.jsonl"), &dangling).unwrap();
+    let dangling = dangling.to_str().unwrap().to_owned();
 
     // (option, valid value, [(bad value, words the error must contain)])
     let cases: Vec<(&str, String, BadValues)> = vec![
@@ -449,6 +452,7 @@ fn every_option_accepts_a_valid_value_and_refuses_bad_ones() {
                 (fifo.as_bytes().to_vec(), "not a regular file"),
                 (b"/proc/self/status".to_vec(), "kernel interface"),
                 (b"/proc/self/audit.jsonl".to_vec(), "kernel interface"),
+                (dangling.as_bytes().to_vec(), "leads nowhere"),
             ],
         ),
     ];

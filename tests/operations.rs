@@ -877,6 +877,10 @@ fn no_password_anywhere() {
     );
     let lines = lines_of(&admin.call(&[b"VALKEYAUTH.CHECK", b"alice", CHECK_PW.as_bytes()]));
     assert!(has_line(&lines, "denied (bad-credentials)"), "{lines:?}");
+    // The legacy form is checked as a one-argument AUTH would be: as bob.
+    let lines = lines_of(&admin.call(&[b"VALKEYAUTH.CHECK", b"default", legacy.as_bytes()]));
+    assert!(has_line(&lines, "user: bob"), "{lines:?}");
+    assert!(has_line(&lines, "result: allowed"), "{lines:?}");
     assert!(has_line(
         &lines_of(&admin.call(&[b"VALKEYAUTH.CHECK"])),
         "service_bind: ok"
