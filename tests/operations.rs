@@ -911,22 +911,28 @@ fn no_password_anywhere() {
     }
 }
 
+/// Valkey with the module writing its audit to a file of a new temporary directory, and the
+/// directory operation timeout cut to 300 ms; `extra` adds module arguments.
+fn with_audit_file(slapd: &Slapd, extra: &[&str]) -> (TempDir, PathBuf, Valkey) {
+    let dir = TempDir::new("audit");
+    let file = dir.path().join("audit.jsonl");
+    let mut args = vec![
+        "audit",
+        "file",
+        "audit_file",
+        file.to_str().unwrap(),
+        "operation_timeout_ms",
+        "300",
+    ];
+    args.extend_from_slice(extra);
+    let v = valkey(&slapd.url(), &args);
+    (dir, file, v)
+}
+
 #[test]
 fn an_outage_is_audited_with_the_server_that_failed() {
     let mut slapd = Slapd::start_default();
-    let dir = TempDir::new("audit-outage");
-    let file = dir.path().join("audit.jsonl");
-    let v = valkey(
-        &slapd.url(),
-        &[
-            "audit",
-            "file",
-            "audit_file",
-            file.to_str().unwrap(),
-            "operation_timeout_ms",
-            "300",
-        ],
-    );
+    let (_dir, file, v) = with_audit_file(&slapd, &[]);
     slapd.freeze();
     let r = v.raw().auth(b"alice", ALICE.password.as_bytes());
     assert!(r.error().is_some(), "{r}");
@@ -956,21 +962,7 @@ fn auth_and_hang_up(v: &Valkey, user: &[u8], password: &[u8]) {
 #[test]
 fn a_client_that_hangs_up_is_still_audited_and_counted() {
     let mut slapd = Slapd::start_default();
-    let dir = TempDir::new("audit-hangup");
-    let file = dir.path().join("audit.jsonl");
-    let v = valkey(
-        &slapd.url(),
-        &[
-            "audit",
-            "file",
-            "audit_file",
-            file.to_str().unwrap(),
-            "negative_cache_ttl_s",
-            "0",
-            "operation_timeout_ms",
-            "300",
-        ],
-    );
+    let (_dir, file, v) = with_audit_file(&slapd, &["negative_cache_ttl_s", "0"]);
     // Some answers may still beat the hang-up: either way, one record per AUTH.
     for i in 0..20 {
         auth_and_hang_up(&v, b"bob", format!("Hangup-Wrong-{i}").as_bytes());
