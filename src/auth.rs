@@ -498,6 +498,12 @@ fn log_in(
     };
     let Some(rules) = rules else {
         log::warn!("valkeyauth: {name:?} is in no group of acl_map and there are no default_acl_rules; denied");
+        // The directory vouched for this password and says no group is left: sessions that
+        // still have the old rules must not keep them.
+        if runtime.users.revoke(name) {
+            runtime.cache.flush(Some(name));
+            log::warn!("valkeyauth: the open sessions of {name:?} are closed");
+        }
         return conclude(
             ctx,
             Some(runtime),

@@ -122,6 +122,12 @@ impl ModuleUsers {
         Ok(())
     }
 
+    /// Forgets `name`; freeing its user disconnects every session logged in as it. True when
+    /// there was one.
+    pub fn revoke(&mut self, name: &str) -> bool {
+        self.users.remove(name).is_some()
+    }
+
     pub fn rules_of(&self, name: &str) -> Option<&str> {
         self.users.get(name).map(|u| u.rules.as_str())
     }

@@ -106,7 +106,12 @@ fn register(ctx: &Context, index: usize, default: &str) -> Result<(), String> {
 /// The default of every option, with the `loadmodule` arguments applied.
 fn defaults_with_args(args: &[ValkeyString]) -> Result<Vec<String>, String> {
     if !args.len().is_multiple_of(2) {
-        return Err("module arguments must be <name> <value> pairs".to_owned());
+        return Err(format!(
+            "module arguments must be <name> <value> pairs, and there are {}; a value with \
+             spaces written back by CONFIG REWRITE without quotes splits into several (set such \
+             options as valkeyauth.<name> lines instead)",
+            args.len()
+        ));
     }
     let mut defaults: Vec<String> = OPTIONS.iter().map(|o| o.default.to_owned()).collect();
     for pair in args.chunks(2) {
@@ -117,6 +122,13 @@ fn defaults_with_args(args: &[ValkeyString]) -> Result<Vec<String>, String> {
             .map_err(|_| format!("{name}: must be UTF-8 text"))?;
         // The password file is checked against every argument together, by `current`.
         check(index, value).map_err(|e| format!("{name}: {e}"))?;
+        if value.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+            log::warn!(
+                "valkeyauth: WARNING: module argument {name} holds spaces or quotes; CONFIG \
+                 REWRITE writes module arguments back without quotes, and Valkey could then not \
+                 start: set it as a valkeyauth.{name} line instead"
+            );
+        }
         defaults[index] = value.to_owned();
     }
     Ok(defaults)

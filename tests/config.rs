@@ -636,13 +636,25 @@ fn valkey_conf_lines_are_loaded() {
 fn module_arguments_and_conf_lines_combine() {
     let slapd = Slapd::start_default();
     let v = Valkey::builder()
-        .module(["workers", "2", "servers", &slapd.url()])
+        .module([
+            "workers",
+            "2",
+            "servers",
+            &slapd.url(),
+            "default_acl_rules",
+            "+@read ~*",
+        ])
         .config(format!(
             "valkeyauth.bind_dn_suffix {}",
             conf_quote(BIND_SUFFIX)
         ))
         .config("valkeyauth.max_pending 9")
         .start();
+    // A value with a space loads, with a warning: CONFIG REWRITE would write it unquoted.
+    assert!(v.wait_for_log(
+        "module argument default_acl_rules holds spaces or quotes",
+        Duration::from_secs(5)
+    ));
     let mut c = v.raw();
     assert_eq!(config_get(&mut c, "workers"), "2");
     assert_eq!(config_get(&mut c, "servers"), slapd.url());

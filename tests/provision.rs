@@ -674,6 +674,33 @@ fn a_user_removed_from_a_group_loses_its_rights_at_the_next_login() {
     );
 }
 
+/// Out of every mapped group: the next login is denied, and the sessions still open with the
+/// old rules are closed, since the directory has just said that no rules are left.
+#[test]
+fn a_user_removed_from_every_group_loses_its_open_sessions_at_the_next_login() {
+    let slapd = start_slapd();
+    let v = start_valkey(&slapd, &[]);
+    let mut admin = v.raw();
+    let mut a = login(&v, "alice", &pw("alice"));
+    assert_eq!(run(&mut a, &["SET", "k", "1"]), ok());
+    for group in [WRITERS, READERS] {
+        ldapmodify(
+            &slapd,
+            &format!(
+                "dn: {group}\nchangetype: modify\ndelete: member\nmember: {}\n",
+                person_dn("alice")
+            ),
+        );
+    }
+    assert_denied(&v, "alice", &pw("alice"), "in no mapped group");
+    assert_eq!(users(&mut admin), vec![], "alice is forgotten");
+    let after = a.cmd(&[b"PING"]);
+    assert!(after.is_err(), "session A is closed: {after:?}");
+    assert!(v
+        .log()
+        .contains("the open sessions of \"alice\" are closed"));
+}
+
 /// With the cache on, a login with a cached password skips the directory; it must still get
 /// the rules of the current `acl_map` ("A change applies to the next AUTH"), and must not keep
 /// rules that the new `acl_map` no longer grants.
