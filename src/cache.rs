@@ -1,9 +1,9 @@
 //! What the directory answered recently, so that reconnects with the same credentials do not ask
 //! it again.
 //!
-//! Entries hold only a keyed BLAKE3 hash of username and password, under a key drawn at load and
-//! never shown: a memory dump gives no password and no way to test guesses offline. Only the
-//! main thread uses the cache, so it needs no lock of its own.
+//! Entries hold a username and a keyed BLAKE3 hash of username and password, under a key drawn
+//! at load and never shown: a memory dump gives no password and no way to test guesses
+//! offline. Only the main thread uses the cache, so it needs no lock of its own.
 //!
 //! - Positive entries: the password that last succeeded for a user, for `cache_ttl_s`.
 //! - Negative entries (the lockout shield): passwords the directory refused, for
@@ -46,11 +46,18 @@ struct Success {
     at: Instant,
 }
 
+/// A refused password: keyed by its fingerprint, with the username so that one user's
+/// refusals can be flushed (after a password change, say).
+struct Refusal {
+    username: String,
+    at: Instant,
+}
+
 pub struct Cache {
     key: [u8; 32],
     limits: Limits,
     positive: LruCache<String, Success>,
-    negative: LruCache<Fingerprint, Instant>,
+    negative: LruCache<Fingerprint, Refusal>,
     pub evictions: u64,
     pub epoch: u64,
 }
@@ -97,7 +104,9 @@ impl Cache {
             return Lookup::Allowed;
         }
         match self.negative.get(&fingerprint) {
-            Some(at) if now.duration_since(*at) < self.limits.negative_ttl => Lookup::Refused,
+            Some(refusal) if now.duration_since(refusal.at) < self.limits.negative_ttl => {
+                Lookup::Refused
+            }
             Some(_) => {
                 self.negative.pop(&fingerprint);
                 Lookup::Miss
@@ -169,7 +178,11 @@ impl Cache {
         if self.limits.negative_ttl.is_zero() {
             return;
         }
-        if let Some((evicted, _)) = self.negative.push(fingerprint, Instant::now()) {
+        let refusal = Refusal {
+            username: username.to_owned(),
+            at: Instant::now(),
+        };
+        if let Some((evicted, _)) = self.negative.push(fingerprint, refusal) {
             if evicted != fingerprint {
                 self.evictions += 1;
             }
@@ -181,9 +194,16 @@ impl Cache {
     pub fn flush(&mut self, username: Option<&str>) -> usize {
         match username {
             Some(user) => {
-                // Negative entries are keyed by fingerprint alone; a user's are unknown without
-                // the passwords, so they are left to expire (they only ever deny).
-                usize::from(self.positive.pop(user).is_some())
+                let refused: Vec<Fingerprint> = self
+                    .negative
+                    .iter()
+                    .filter(|(_, refusal)| refusal.username == user)
+                    .map(|(fingerprint, _)| *fingerprint)
+                    .collect();
+                for fingerprint in &refused {
+                    self.negative.pop(fingerprint);
+                }
+                refused.len() + usize::from(self.positive.pop(user).is_some())
             }
             None => {
                 let removed = self.positive.len() + self.negative.len();
@@ -311,9 +331,20 @@ mod tests {
         assert_eq!(c.flush(Some("alice")), 0);
         assert_eq!(c.flush(None), 1);
         assert_eq!(c.entries(), 0);
+
+        // A user's refusals go too: the helpdesk set the password that was refused before.
+        for (user, password) in [("alice", b"old"), ("alice", b"new"), ("bob", b"new")] {
+            let f = c.fingerprint(user, password);
+            c.record_refusal(user, f);
+        }
+        assert_eq!(c.flush(Some("alice")), 2);
+        let bob = c.fingerprint("bob", b"new");
+        assert_eq!(c.lookup("bob", bob), Lookup::Refused);
+        let alice = c.fingerprint("alice", b"new");
+        assert_eq!(c.lookup("alice", alice), Lookup::Miss);
     }
 
-    /// Entries hold fingerprints and times only: nothing in them can hold password bytes.
+    /// Entries hold usernames, fingerprints and times: nothing in them can hold password bytes.
     #[test]
     fn entries_hold_no_password_bytes() {
         assert_eq!(std::mem::size_of::<Fingerprint>(), 32);

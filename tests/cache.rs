@@ -467,6 +467,25 @@ fn a_refused_password_stays_refused_until_the_negative_ttl_ends() {
     assert_eq!(info_field(&v, "cache_entries"), 1, "no refusal left behind");
 }
 
+/// The helpdesk case: a password refused a moment ago is set in the directory, and a flush of
+/// the user lets it in at once, without waiting for the negative TTL. Other users' refusals
+/// stay.
+#[test]
+fn flushing_a_user_forgets_its_refused_passwords_too() {
+    let slapd = Slapd::start_default();
+    let v = valkey(&slapd, &["negative_cache_ttl_s", "300"]);
+    assert_wrongpass(&v, "alice", "pw-new", "before the change");
+    assert_wrongpass(&v, "bob", "pw-new", "bob's wrong password");
+    set_directory_password(&slapd, ALICE.dn, "pw-new");
+    assert_wrongpass(&v, "alice", "pw-new", "shielded");
+    let mut admin = v.raw();
+    assert_eq!(cache_cmd(&mut admin, &["FLUSH", "alice"]), Reply::Int(1));
+    assert_ok(&v, "alice", "pw-new", "after the flush");
+    let binds = user_binds(&slapd);
+    assert_wrongpass(&v, "bob", "pw-new", "bob still shielded");
+    assert_eq!(user_binds(&slapd), binds, "bob's refusal was kept");
+}
+
 // --------------------------------------------------------------------------------------------
 // The outage window
 // --------------------------------------------------------------------------------------------
