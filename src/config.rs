@@ -957,6 +957,9 @@ fn parse_servers(v: &str) -> Result<Vec<String>, String> {
 /// DN, credentials or extensions hide in a URL.
 fn check_server_url(url: &str) -> Result<(), String> {
     let lower = url.to_ascii_lowercase();
+    // Errors go to the log and to the client that set the value: a password typed into the
+    // URL must not come back in them.
+    let url = without_credentials(url);
     if lower.starts_with("ldapi://") {
         return Ok(());
     }
@@ -984,6 +987,18 @@ fn check_server_url(url: &str) -> Result<(), String> {
             .ok_or_else(|| format!("'{url}' has an invalid port"))?;
     }
     Ok(())
+}
+
+/// `url` with whatever precedes an `@` after the scheme replaced, since that is where a user
+/// and password go.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://<credentials removed>@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 /// Accepts one RFC 4515 filter, with or without its outer parentheses, and stores it without
@@ -1172,6 +1187,13 @@ mod tests {
         assert!(set("servers", "ldap://a\n").is_err());
         assert!(set("servers", "").unwrap().servers.is_empty());
         assert!(set("servers", "ldap://[::1]:389 ldaps://h:636/").is_ok());
+        let err = set("servers", "ldap://alice:Hunter2-Pw@h:389").unwrap_err();
+        assert!(
+            err.contains("credentials") && !err.contains("Hunter2"),
+            "{err}"
+        );
+        let err = set("servers", "http://alice:Hunter2-Pw@h").unwrap_err();
+        assert!(!err.contains("Hunter2"), "{err}");
         for bad in [
             "ldap://",
             "ldap://:389",

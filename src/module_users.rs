@@ -83,6 +83,17 @@ pub fn check_rules(rules: &[&str]) -> Result<(), String> {
     if rules.is_empty() {
         return Ok(());
     }
+    // Checked here, not by Valkey: its error would repeat the password.
+    if rules
+        .iter()
+        .flat_map(|r| r.split_whitespace())
+        .any(|token| token.starts_with(['>', '<', '#', '!']))
+    {
+        return Err(
+            "ACL rules here may not hold passwords (>, <, #, !): the directory checks them"
+                .to_owned(),
+        );
+    }
     let mut probe = ModuleUser::create("valkeyauth-rule-check")?;
     // Each rule string becomes a selector of a provisioned user, so it is checked as one:
     // user flags such as `nopass`, `>password` or `off` have no place there.

@@ -951,6 +951,17 @@ fn invalid_acl_map_values_are_refused_and_the_old_value_stays() {
         let r = config_set(&mut admin, "acl_map", bad);
         assert!(r.error().is_some(), "{bad:?} accepted: {r}");
     }
+    // A password in a rule is refused without repeating it.
+    for bad in [
+        "readers => +@all >Rule-Secret-Pw",
+        "readers => #Rule-Secret-Pw",
+    ] {
+        let r = config_set(&mut admin, "acl_map", bad);
+        let e = r.error().unwrap_or_else(|| panic!("accepted: {r}"));
+        assert!(e.contains("may not hold passwords"), "{e}");
+        assert!(!e.contains("Rule-Secret-Pw"), "{e}");
+    }
+    assert!(!v.log().contains("Rule-Secret-Pw"));
     let r = config_set(&mut admin, "default_acl_rules", "+@bogus");
     let e = r.error().unwrap_or_else(|| panic!("accepted: {r}"));
     assert!(e.contains("+@bogus"), "{e}");
