@@ -22,9 +22,8 @@ use valkey_module::{
 use crate::audit::Record;
 use crate::audit::Sink;
 use crate::cache::{Fingerprint, Lookup};
-use crate::config::{AuthMode, LocalFallback};
+use crate::config::LocalFallback;
 use crate::engine::{Answer, Class, Credentials, Engine, Outcome, Request};
-use crate::escape;
 use crate::mapping;
 use crate::runtime::{Runtime, Task, RUNTIME};
 use crate::stats::{Event, STATS};
@@ -194,9 +193,7 @@ fn begin(
             here,
         );
     }
-    if settings.mode == AuthMode::Bind
-        && escape::bind_name_refused(&settings.bind_dn_prefix, name, &settings.bind_dn_suffix)
-    {
+    if settings.refuses_bind_name(name) {
         return conclude(
             ctx,
             Some(runtime),
@@ -418,17 +415,20 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
 /// LOG is left out: Valkey builds its entry from the client, which is gone.
 fn record_unanswered(runtime: &Runtime, verdict: &Verdict) {
     STATS.record(verdict.outcome);
-    let sink = runtime.generation.settings.audit;
-    runtime.auditor.record(sink, verdict.outcome, || Record {
-        client: "disconnected".to_owned(),
-        client_id: verdict.client_id,
-        username: verdict.username.as_bytes(),
-        outcome: verdict.outcome,
+    let trail = Trail {
+        started: verdict.started,
         server: verdict.server.as_deref(),
-        latency: verdict.started.elapsed(),
         cached: false,
-        local_fallback: false,
-    });
+    };
+    let client = Client::Gone(verdict.client_id);
+    audit(
+        client,
+        runtime,
+        verdict.username.as_bytes(),
+        verdict.outcome,
+        trail,
+        false,
+    );
 }
 
 /// No directory server could be reached. The outage window still admits a password that
@@ -560,7 +560,15 @@ fn conclude(
     STATS.record(outcome);
     let local_fallback = outcome.class() != Class::Allowed && falls_back(outcome, fallback);
     if let Some(runtime) = runtime {
-        audit(ctx, runtime, username, outcome, trail, local_fallback);
+        let client = Client::Live(ctx);
+        audit(
+            client,
+            runtime,
+            username.as_slice(),
+            outcome,
+            trail,
+            local_fallback,
+        );
     }
     if local_fallback {
         // Valkey's own check follows, and logs its own failure.
@@ -578,10 +586,18 @@ fn conclude(
     }
 }
 
+/// Whom an audit record is about.
+enum Client<'a> {
+    /// The client being answered.
+    Live(&'a Context),
+    /// A client that hung up before its answer.
+    Gone(ClientId),
+}
+
 fn audit(
-    ctx: &Context,
+    client: Client,
     runtime: &Runtime,
-    username: &ValkeyString,
+    username: &[u8],
     outcome: Outcome,
     trail: Trail,
     local_fallback: bool,
@@ -592,11 +608,17 @@ fn audit(
     }
     let latency = trail.started.elapsed();
     runtime.auditor.record(sink, outcome, || {
-        let client_id = ctx.get_client_id();
+        let (address, client_id) = match client {
+            Client::Live(ctx) => {
+                let client_id = ctx.get_client_id();
+                (client_address(client_id), client_id)
+            }
+            Client::Gone(client_id) => ("disconnected".to_owned(), client_id),
+        };
         Record {
-            client: client_address(client_id),
+            client: address,
             client_id,
-            username: username.as_slice(),
+            username,
             outcome,
             server: trail.server,
             latency,

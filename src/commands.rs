@@ -10,9 +10,7 @@ use valkey_module::{
 
 use crate::auth;
 use crate::check::{self, AclPlan};
-use crate::config::AuthMode;
 use crate::engine::{Credentials, Engine, Generation, Outcome, Request};
-use crate::escape;
 use crate::runtime::{self, Task, RUNTIME};
 use crate::valkey_config;
 
@@ -208,13 +206,7 @@ fn login_check(
     } else {
         AclPlan::Provision
     };
-    if settings.mode == AuthMode::Bind
-        && escape::bind_name_refused(
-            &settings.bind_dn_prefix,
-            credentials.username,
-            &settings.bind_dn_suffix,
-        )
-    {
+    if settings.refuses_bind_name(credentials.username) {
         return Ok(Err(check::refused_locally(
             credentials.username,
             Outcome::InvalidUsername,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::audit::Sink;
 use crate::cache::Limits;
+use crate::escape;
 use crate::files::{self, open_regular_file};
 use crate::ldap::{RequireCert, Scope, Timeouts, TlsSettings, TlsVersion};
 use crate::mapping::{self, Mapping};
@@ -131,6 +132,13 @@ impl Settings {
 
     pub fn is_exempt(&self, username: &[u8]) -> bool {
         self.exempt_users.iter().any(|u| u.as_bytes() == username)
+    }
+
+    /// True when bind mode could not make a bind name of `username` (see
+    /// [`escape::bind_name`]): it is refused before any directory traffic.
+    pub fn refuses_bind_name(&self, username: &str) -> bool {
+        self.mode == AuthMode::Bind
+            && escape::bind_name_refused(&self.bind_dn_prefix, username, &self.bind_dn_suffix)
     }
 
     /// Whether the same credentials would end the same way under both configurations: the

@@ -352,8 +352,7 @@ impl Engine {
             match self.try_server(&target, request) {
                 Attempt::Final(outcome, dn) => {
                     return Answer {
-                        // A refused name never reached the server.
-                        server: (outcome != Outcome::InvalidUsername).then_some(server),
+                        server: Some(server),
                         dn,
                         ..Answer::from(outcome)
                     };

@@ -1158,10 +1158,10 @@ fn tls_path(
     };
     // The TLS library opens these with blocking calls on the worker's thread: a FIFO
     // swapped in since the option was set must fail here, not hang the worker.
-    let is_dir = path.is_dir();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| bad(format!("cannot read '{}': {e}", path.display())))?;
+    let is_dir = meta.is_dir();
     if is_dir {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| bad(format!("cannot read '{}': {e}", path.display())))?;
         files.push(FileStamp::of(&meta));
         let entries = crate::files::library_input_dir(path).map_err(bad)?;
         files.extend(entries.iter().map(FileStamp::of));

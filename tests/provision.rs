@@ -159,6 +159,15 @@ fn start_valkey(slapd: &Slapd, extra: &[&str]) -> Valkey {
 }
 
 /// Runs a command given as text arguments.
+/// Adds (`"add"`) or removes (`"delete"`) `user` as a member of `group` in the directory.
+fn change_member(slapd: &Slapd, change: &str, group: &str, user: &str) {
+    let member = person_dn(user);
+    ldapmodify(
+        slapd,
+        &format!("dn: {group}\nchangetype: modify\n{change}: member\nmember: {member}\n"),
+    );
+}
+
 fn run(c: &mut RawClient, cmd: &[&str]) -> Reply {
     let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
     c.call(&args)
@@ -636,13 +645,7 @@ fn a_user_removed_from_a_group_loses_its_rights_at_the_next_login() {
     let mut a = login(&v, "alice", &pw("alice"));
     assert_eq!(run(&mut a, &["SET", "k", "1"]), ok());
 
-    ldapmodify(
-        &slapd,
-        &format!(
-            "dn: {WRITERS}\nchangetype: modify\ndelete: member\nmember: {}\n",
-            person_dn("alice")
-        ),
-    );
+    change_member(&slapd, "delete", WRITERS, "alice");
     // Nothing changes until she logs in again.
     assert_eq!(run(&mut a, &["SET", "k", "2"]), ok(), "before the re-login");
 
@@ -658,13 +661,7 @@ fn a_user_removed_from_a_group_loses_its_rights_at_the_next_login() {
     assert_eq!(users(&mut admin), vec![row("alice", "(+@read ~*)", 2)]);
 
     // Added back: the next login restores writing for both sessions.
-    ldapmodify(
-        &slapd,
-        &format!(
-            "dn: {WRITERS}\nchangetype: modify\nadd: member\nmember: {}\n",
-            person_dn("alice")
-        ),
-    );
+    change_member(&slapd, "add", WRITERS, "alice");
     let _c = login(&v, "alice", &pw("alice"));
     assert_eq!(run(&mut a, &["SET", "k", "5"]), ok(), "A after re-adding");
     assert_eq!(run(&mut b, &["SET", "k", "6"]), ok(), "B after re-adding");
@@ -684,13 +681,7 @@ fn a_user_removed_from_every_group_loses_its_open_sessions_at_the_next_login() {
     let mut a = login(&v, "alice", &pw("alice"));
     assert_eq!(run(&mut a, &["SET", "k", "1"]), ok());
     for group in [WRITERS, READERS] {
-        ldapmodify(
-            &slapd,
-            &format!(
-                "dn: {group}\nchangetype: modify\ndelete: member\nmember: {}\n",
-                person_dn("alice")
-            ),
-        );
+        change_member(&slapd, "delete", group, "alice");
     }
     assert_denied(&v, "alice", &pw("alice"), "in no mapped group");
     assert_eq!(users(&mut admin), vec![], "alice is forgotten");
@@ -742,13 +733,7 @@ fn with_the_cache_on_a_group_change_applies_after_cache_flush() {
     let mut admin = v.raw();
     let mut alice = login(&v, "alice", &pw("alice"));
     assert_eq!(run(&mut alice, &["SET", "k", "v"]), ok());
-    ldapmodify(
-        &slapd,
-        &format!(
-            "dn: {WRITERS}\nchangetype: modify\ndelete: member\nmember: {}\n",
-            person_dn("alice")
-        ),
-    );
+    change_member(&slapd, "delete", WRITERS, "alice");
     assert_eq!(
         run(&mut admin, &["VALKEYAUTH.CACHE", "FLUSH", "alice"]),
         Reply::Int(1)
