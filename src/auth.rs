@@ -413,8 +413,9 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
 /// A client that disconnected before its answer: its AUTH may have reached the directory (and
 /// counted toward a lockout there), so the decision is counted and audited all the same. ACL
 /// LOG is left out: Valkey builds its entry from the client, which is gone.
-fn record_unanswered(runtime: &Runtime, verdict: &Verdict) {
-    STATS.record(verdict.outcome);
+fn record_unanswered(runtime: &mut Runtime, verdict: &Verdict) {
+    let outcome = admitted(runtime, verdict);
+    STATS.record(outcome);
     let trail = Trail {
         started: verdict.started,
         server: verdict.server.as_deref(),
@@ -425,10 +426,39 @@ fn record_unanswered(runtime: &Runtime, verdict: &Verdict) {
         client,
         runtime,
         verdict.username.as_bytes(),
-        verdict.outcome,
+        outcome,
         trail,
         false,
     );
+}
+
+/// What a login the directory allowed would have become, judged as for a client still there
+/// (an ACL user, or the groups of a provisioned one) without logging anyone in. A provisioned
+/// user's rules are set again as at a login, so that the success cached next gives no session
+/// rules that its groups no longer grant.
+fn admitted(runtime: &mut Runtime, verdict: &Verdict) -> Outcome {
+    if verdict.outcome != Outcome::Allowed {
+        return verdict.outcome;
+    }
+    let username = ValkeyString::create(None, verdict.username.as_str());
+    if acl_user_exists(&username) {
+        return Outcome::Allowed;
+    }
+    let groups = Some(verdict.groups.as_slice());
+    let rules = match provisioned_rules(runtime, &username, &verdict.username, groups) {
+        Ok(rules) => rules,
+        Err(outcome) => return outcome,
+    };
+    match runtime.users.set_rules(&verdict.username, &rules) {
+        Ok(()) => Outcome::Allowed,
+        Err(e) => {
+            log::warn!(
+                "valkeyauth: cannot set the rules of {:?}: {e}",
+                verdict.username
+            );
+            Outcome::InternalError
+        }
+    }
 }
 
 /// No directory server could be reached. The outage window still admits a password that
@@ -481,37 +511,9 @@ fn log_in(
             trail,
         );
     }
-    if acl_user_exists(username) || !settings.provision || !provisionable(name) {
-        // An existing (but disabled) ACL user always wins over provisioning.
-        return conclude(
-            ctx,
-            Some(runtime),
-            username,
-            Outcome::NoAclUser,
-            fallback,
-            trail,
-        );
-    }
-    let rules = match groups {
-        Some(groups) => mapping::rules_for(&settings.acl_map, groups, &settings.default_acl_rules),
-        None => runtime.users.rules_of(name).map(str::to_owned),
-    };
-    let Some(rules) = rules else {
-        log::warn!("valkeyauth: {name:?} is in no group of acl_map and there are no default_acl_rules; denied");
-        // The directory vouched for this password and says no group is left: sessions that
-        // still have the old rules must not keep them.
-        if runtime.users.revoke(name) {
-            runtime.cache.flush(Some(name));
-            log::warn!("valkeyauth: the open sessions of {name:?} are closed");
-        }
-        return conclude(
-            ctx,
-            Some(runtime),
-            username,
-            Outcome::NoMapping,
-            fallback,
-            trail,
-        );
+    let rules = match provisioned_rules(runtime, username, name, groups) {
+        Ok(rules) => rules,
+        Err(outcome) => return conclude(ctx, Some(runtime), username, outcome, fallback, trail),
     };
     let outcome = match runtime.users.log_in(ctx, name, &rules) {
         Ok(()) => Outcome::Allowed,
@@ -521,6 +523,36 @@ fn log_in(
         }
     };
     conclude(ctx, Some(runtime), username, outcome, fallback, trail)
+}
+
+/// The rules of a provisioned login that the directory allowed (`groups` None: the rules it
+/// already has, for a cache hit), or why it is refused. Decided the same way whether the
+/// client is still there or left before its answer.
+fn provisioned_rules(
+    runtime: &mut Runtime,
+    username: &ValkeyString,
+    name: &str,
+    groups: Option<&[String]>,
+) -> Result<String, Outcome> {
+    let settings = &runtime.generation.settings;
+    if acl_user_exists(username) || !settings.provision || !provisionable(name) {
+        // An existing (but disabled) ACL user always wins over provisioning.
+        return Err(Outcome::NoAclUser);
+    }
+    let rules = match groups {
+        Some(groups) => mapping::rules_for(&settings.acl_map, groups, &settings.default_acl_rules),
+        None => runtime.users.rules_of(name).map(str::to_owned),
+    };
+    rules.ok_or_else(|| {
+        log::warn!("valkeyauth: {name:?} is in no group of acl_map and there are no default_acl_rules; denied");
+        // The directory vouched for this password and says no group is left: sessions that
+        // still have the old rules must not keep them.
+        if runtime.users.revoke(name) {
+            runtime.cache.flush(Some(name));
+            log::warn!("valkeyauth: the open sessions of {name:?} are closed");
+        }
+        Outcome::NoMapping
+    })
 }
 
 pub fn acl_user_exists(username: &ValkeyString) -> bool {

@@ -133,6 +133,14 @@ impl ModuleUsers {
         Ok(())
     }
 
+    /// Sets the rules of `name`'s sessions, if it has a user, as a login of it would.
+    pub fn set_rules(&mut self, name: &str, rules: &str) -> Result<(), String> {
+        match self.users.get_mut(name) {
+            Some(user) => user.set_rules(ptr::null_mut(), rules),
+            None => Ok(()),
+        }
+    }
+
     /// Forgets `name`; freeing its user disconnects every session logged in as it. True when
     /// there was one.
     pub fn revoke(&mut self, name: &str) -> bool {

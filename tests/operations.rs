@@ -944,18 +944,6 @@ fn an_outage_is_audited_with_the_server_that_failed() {
     assert!(lines[0].contains(&expected), "{lines:?}");
 }
 
-/// Sends one AUTH and hangs up without reading the answer.
-fn auth_and_hang_up(v: &Valkey, user: &[u8], password: &[u8]) {
-    use std::io::Write;
-    let mut frame = format!("*3\r\n$4\r\nAUTH\r\n${}\r\n", user.len()).into_bytes();
-    frame.extend_from_slice(user);
-    frame.extend_from_slice(format!("\r\n${}\r\n", password.len()).as_bytes());
-    frame.extend_from_slice(password);
-    frame.extend_from_slice(b"\r\n");
-    let mut socket = std::net::TcpStream::connect(("127.0.0.1", v.port())).unwrap();
-    socket.write_all(&frame).unwrap();
-}
-
 /// A client that hangs up before its answer still reached the directory (a wrong password
 /// there counts toward a lockout): every such AUTH is audited and counted, shared answers
 /// included, and none shows its password.

@@ -692,6 +692,36 @@ fn a_user_removed_from_every_group_loses_its_open_sessions_at_the_next_login() {
         .contains("the open sessions of \"alice\" are closed"));
 }
 
+/// A client that hangs up before its answer is judged the same way: its re-login, out of every
+/// mapped group, closes the open sessions and is counted as denied, and nothing is cached that
+/// would let the next login in with the old rules.
+#[test]
+fn a_hang_up_out_of_every_group_closes_the_open_sessions_too() {
+    let slapd = start_slapd();
+    let v = start_valkey(&slapd, &["cache_ttl_s", "300"]);
+    let mut admin = v.raw();
+    let mut a = login(&v, "alice", &pw("alice"));
+    for group in [WRITERS, READERS] {
+        change_member(&slapd, "delete", group, "alice");
+    }
+    assert_eq!(
+        run(&mut admin, &["VALKEYAUTH.CACHE", "FLUSH", "alice"]),
+        Reply::Int(1)
+    );
+    let denied = field(&mut admin, "denied_no_mapping");
+    auth_and_hang_up(&v, b"alice", pw("alice").as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while field(&mut admin, "denied_no_mapping") == denied {
+        assert!(Instant::now() < deadline, "the hang-up was never judged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = a.cmd(&[b"PING"]);
+    assert!(after.is_err(), "session A is closed: {after:?}");
+    assert_eq!(users(&mut admin), vec![], "alice is forgotten");
+    assert_eq!(field(&mut admin, "allowed"), 1, "only the first login");
+    assert_denied(&v, "alice", &pw("alice"), "the next login");
+}
+
 /// With the cache on, a login with a cached password skips the directory; it must still get
 /// the rules of the current `acl_map` ("A change applies to the next AUTH"), and must not keep
 /// rules that the new `acl_map` no longer grants.

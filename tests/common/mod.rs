@@ -2280,3 +2280,8 @@ pub fn mkfifo(path: &Path) {
         .expect("run mkfifo");
     assert!(status.success(), "mkfifo {}", path.display());
 }
+
+/// Sends one AUTH on a new connection and hangs up without reading the answer.
+pub fn auth_and_hang_up(v: &Valkey, user: &[u8], password: &[u8]) {
+    v.raw().send(&[b"AUTH", user, password]).expect("send AUTH");
+}
