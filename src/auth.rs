@@ -441,8 +441,11 @@ fn admitted(runtime: &mut Runtime, verdict: &Verdict) -> Outcome {
         return verdict.outcome;
     }
     let username = ValkeyString::create(None, verdict.username.as_str());
-    if acl_user_exists(&username) {
-        return Outcome::Allowed;
+    match acl_user_enabled(&username) {
+        Some(true) => return Outcome::Allowed,
+        // A login as a switched-off user fails, and it is never replaced by provisioning.
+        Some(false) => return Outcome::NoAclUser,
+        None => {}
     }
     let groups = Some(verdict.groups.as_slice());
     let rules = match provisioned_rules(runtime, &username, &verdict.username, groups) {
@@ -556,6 +559,32 @@ fn provisioned_rules(
 }
 
 pub fn acl_user_exists(username: &ValkeyString) -> bool {
+    with_acl_user(username, |_| ()).is_some()
+}
+
+/// Whether the ACL user of this name is switched on (None: there is none). Builds the user's
+/// whole ACL description, so it is kept off the per-AUTH path.
+fn acl_user_enabled(username: &ValkeyString) -> Option<bool> {
+    // SAFETY: reads a function pointer that module init filled in.
+    let describe = unsafe { raw::RedisModule_GetModuleUserACLString }?;
+    with_acl_user(username, |user| {
+        // SAFETY: main thread; `user` is a live handle. Valkey returns a new string that we
+        // own, which `from_redis_module_string` frees when dropped.
+        let acl = unsafe { describe(user) };
+        if acl.is_null() {
+            return false;
+        }
+        let acl = ValkeyString::from_redis_module_string(std::ptr::null_mut(), acl);
+        // The description starts with the user's flags, `on` or `off` first.
+        acl.as_slice().split(|b| *b == b' ').next() == Some(b"on")
+    })
+}
+
+/// Runs `f` on a handle to the ACL user of this name, if there is one.
+fn with_acl_user<T>(
+    username: &ValkeyString,
+    f: impl FnOnce(*mut raw::RedisModuleUser) -> T,
+) -> Option<T> {
     // SAFETY: reads function pointers that module init filled in; nothing writes them after.
     let (get, free) = unsafe {
         (
@@ -564,18 +593,19 @@ pub fn acl_user_exists(username: &ValkeyString) -> bool {
         )
     };
     let (Some(get), Some(free)) = (get, free) else {
-        return false;
+        return None;
     };
     // SAFETY: main thread; `username` is a live string. The call returns a new handle to an
     // existing ACL user, or NULL when there is none.
     let user = unsafe { get(username.inner) };
     if user.is_null() {
-        return false;
+        return None;
     }
+    let result = f(user);
     // SAFETY: `user` came from GetModuleUserFromUserName; freeing it frees only the handle,
     // never the ACL user itself.
     unsafe { free(user) };
-    true
+    Some(result)
 }
 
 /// Counts the outcome, records it in the audit trail, and turns it into the answer Valkey

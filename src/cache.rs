@@ -190,8 +190,10 @@ impl Cache {
         self.enforce_bound();
     }
 
-    /// Removes one user's entries, or all; returns how many were removed.
+    /// Removes one user's entries, or all; returns how many were removed. Answers already on
+    /// their way are not cached when they arrive: they may predate what made the flush needed.
     pub fn flush(&mut self, username: Option<&str>) -> usize {
+        self.epoch += 1;
         match username {
             Some(user) => {
                 let refused: Vec<Fingerprint> = self
@@ -327,7 +329,10 @@ mod tests {
             let f = c.fingerprint(user, b"pw");
             c.record_success(user, f);
         }
+        // An answer already on its way (of the epoch before) will not be cached.
+        let before = c.epoch;
         assert_eq!(c.flush(Some("alice")), 1);
+        assert_ne!(c.epoch, before);
         assert_eq!(c.flush(Some("alice")), 0);
         assert_eq!(c.flush(None), 1);
         assert_eq!(c.entries(), 0);

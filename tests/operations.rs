@@ -982,3 +982,29 @@ fn a_client_that_hangs_up_is_still_audited_and_counted() {
     let text = fs::read_to_string(&file).unwrap();
     assert!(!text.contains("Hangup-"), "a password in the audit file");
 }
+
+/// A hang-up is judged against the ACL user as a login would be: allowed for a user that is
+/// on, denied (no-acl-user) for one switched off. Each outcome is the same whichever comes
+/// first, the answer or the hang-up.
+#[test]
+fn a_hang_up_is_judged_against_the_acl_user() {
+    let slapd = Slapd::start_default();
+    let (_dir, file, v) = with_audit_file(&slapd, &["cache_ttl_s", "0"]);
+    acl_setuser(&v, &["bob", "off"]);
+    for _ in 0..5 {
+        auth_and_hang_up(&v, b"alice", ALICE.password.as_bytes());
+        auth_and_hang_up(&v, b"bob", BOB.password.as_bytes());
+    }
+    let lines = audit_lines(&file, 10);
+    assert_eq!(lines.len(), 10, "{lines:#?}");
+    for line in &lines {
+        let expected = if line.contains("\"user\":\"alice\"") {
+            "\"outcome\":\"allowed\""
+        } else {
+            "\"outcome\":\"denied\",\"reason\":\"no-acl-user\""
+        };
+        assert!(line.contains(expected), "{line}");
+    }
+    assert_eq!(info(&v)["allowed"], "5");
+    assert_eq!(info(&v)["denied_no_acl_user"], "5");
+}
