@@ -46,6 +46,9 @@ pub struct Job {
 /// Valkey's id of a client, as CLIENT LIST shows it.
 pub type ClientId = u64;
 
+/// An AUTH waiting for an identical one on its way to the directory.
+pub type Parked = (BlockedClient<Verdict>, ClientId);
+
 /// What comes back to the main thread for one blocked client.
 #[derive(Clone)]
 pub struct Verdict {
@@ -204,7 +207,8 @@ fn begin(
         );
     }
     STATS.count(Event::CacheMiss);
-    if let Some(parked) = runtime.waiting.get_mut(&fingerprint) {
+    let shared = (fingerprint, runtime.cache.epoch);
+    if let Some(parked) = runtime.waiting.get_mut(&shared) {
         STATS.count(Event::Coalesced);
         parked.push((
             ctx.block_client_on_auth(on_reply, Some(on_free)),
@@ -239,7 +243,7 @@ fn begin(
     };
     match runtime.pool.submit(Task::Auth(job)) {
         Ok(()) => {
-            runtime.waiting.insert(fingerprint, Vec::new());
+            runtime.waiting.insert(shared, Vec::new());
         }
         // Only the main thread sends and the queue had room, so the channel was closed; the
         // client is still answered, through the reply callback.
@@ -394,7 +398,7 @@ fn on_free(_ctx: &Context, verdict: Verdict) {
         }
         for (mut parked, client_id) in runtime
             .waiting
-            .remove(&verdict.fingerprint)
+            .remove(&(verdict.fingerprint, verdict.epoch))
             .unwrap_or_default()
         {
             let _ = parked.set_blocked_private_data(Verdict {

@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use valkey_module::BlockedClient;
 
 use crate::audit::{Auditor, Sink};
-use crate::auth::{self, ClientId, Job, Verdict};
+use crate::auth::{self, Job, Parked};
 use crate::cache::{Cache, Fingerprint};
 use crate::commands::CheckJob;
 use crate::config::{Settings, TLS_NEVER_WARNING};
@@ -26,8 +25,9 @@ pub struct Runtime {
     pub cache: Cache,
     pub users: ModuleUsers,
     /// AUTHs waiting for an identical one already on its way to the directory, by fingerprint
-    /// of that one. They get its verdict when it comes back.
-    pub waiting: HashMap<Fingerprint, Vec<(BlockedClient<Verdict>, ClientId)>>,
+    /// and cache epoch of that one. They get its verdict when it comes back. The epoch keeps
+    /// an AUTH from sharing an answer asked for before a flush or a configuration change.
+    pub waiting: HashMap<(Fingerprint, u64), Vec<Parked>>,
     pub pool: Pool<Task>,
     /// Pools replaced by a `workers` or `max_pending` change. They finish their queued jobs
     /// and are joined once their threads have left, so the main thread never waits on them.

@@ -943,3 +943,26 @@ fn no_password_shows_up_after_cached_logins() {
         );
     }
 }
+
+/// An AUTH that arrives after a flush never shares an answer asked for before it: the flush
+/// may follow a change in the directory that the older answer does not know of.
+#[test]
+fn an_auth_after_a_flush_does_not_share_an_earlier_request() {
+    let mut slapd = Slapd::start_default();
+    let v = patient_valkey(&slapd, &[]);
+    slapd.freeze();
+    let mut first = send_auth(&v, "alice", "alice-pw");
+    let mut admin = v.raw();
+    assert_eq!(cache_cmd(&mut admin, &["FLUSH", "alice"]), Reply::Int(0));
+    let mut second = send_auth(&v, "alice", "alice-pw");
+    thread::sleep(Duration::from_millis(100));
+    slapd.thaw();
+    assert!(first.read().is_ok());
+    assert!(second.read().is_ok());
+    assert_eq!(info_field(&v, "coalesced"), 0);
+    assert_eq!(
+        user_binds(&slapd),
+        2,
+        "the second AUTH asked the directory itself"
+    );
+}
